@@ -217,8 +217,9 @@ class HiLoRAConfig:
 @dataclass
 class DataConfig:
     dataset: str = "synthetic"
-    # Folder holding prepared manifests: {data_dir}/{dataset}/{split}.parquet
-    data_dir: str = "runs/data"
+    # Folder holding prepared manifests: {data_dir}/{dataset}/{split}.parquet.
+    # None: the pipelines use {storage}/data.
+    data_dir: Optional[str] = None
     train_split: str = "train"
     val_split: str = "val"
     # None: every prepared split other than train and val.
@@ -228,6 +229,8 @@ class DataConfig:
     # Cap on training expressions (quick experiments); None = all.
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
+    # Control experiment: each sample is given another sample's phrase (train and eval).
+    text_blind: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset), "data.dataset", "a dataset name", self.dataset)

@@ -1,0 +1,353 @@
+"""The HiLoRA stage chain in one process: setup, train every stage, evaluate, save.
+
+`fit(config, run_dir, hooks, tracker)` is the whole recipe. It knows nothing of Ray or
+MLflow: distribution enters through `hooks`, tracking through `tracker`.
+
+Run folder ({storage}/{name}):
+    config.yaml              resolved config
+    metrics.jsonl            one object per (stage, epoch): validation metrics only
+    checkpoints/last.pt      resume state (model, optimizer, schedule, position)
+    checkpoints/STAGE_best.pt   best-on-val weights of each stage
+    checkpoints/best.pt      the selected checkpoint (the last stage's best)
+    predictions/SPLIT.parquet   one row per expression: id, box, IoU, hit
+    summary.json             final acc50 of every split, best stage and epoch, wall time
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from hivg.config import Config, ConfigError
+from hivg.data.dataset import build_dataset
+from hivg.data.manifest import list_splits
+from hivg.errors import UserError
+from hivg.losses import build_criterion
+from hivg.model.build import build_model
+from hivg.model.lora import apply_stage
+from hivg.train.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from hivg.train.hooks import NullTracker, Tracker, TrainHooks
+from hivg.train.loop import EvalResult, NonFiniteLossError, evaluate, train_one_epoch
+from hivg.train.metrics import MetricsLog, accuracy_by_type, write_predictions
+from hivg.train.optim import build_optimizer, cosine_with_warmup, scaled_lr
+
+METRIC = "val/acc50"
+
+
+def seed_everything(seed: int) -> None:
+    # Same seed on every rank: model init is identical, data order comes from the sampler.
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, item in enumerate(v):
+                out.update(flatten(item, f"{key}.{item.get('name', i)}."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_data(config: Config) -> list[str]:
+    """Fail before training when the prepared dataset is missing; return the eval splits."""
+    if not config.data.data_dir:
+        raise ConfigError("data.data_dir: expected the folder of prepared datasets, got None")
+    data_dir = Path(config.data.data_dir) / config.data.dataset
+    splits = list_splits(config.data.data_dir, config.data.dataset)
+    if not splits:
+        raise ConfigError(f"data.data_dir: no prepared dataset {config.data.dataset!r} in "
+                          f"{data_dir} (run pipelines/prepare_data.py --dataset "
+                          f"{config.data.dataset})")
+    for split in (config.data.train_split, config.data.val_split, *(config.data.test_splits or [])):
+        if split not in splits:
+            raise ConfigError(f"data: split {split!r} not prepared in {data_dir} "
+                              f"(found {', '.join(splits)})")
+    if config.data.test_splits is not None:
+        return list(config.data.test_splits)
+    return [s for s in splits if s not in (config.data.train_split, config.data.val_split)]
+
+
+@dataclass
+class Setup:
+    model: torch.nn.Module       # unwrapped
+    criterion: torch.nn.Module
+    train_set: Any
+    eval_sets: dict[str, Any]
+    test_splits: list[str]
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+
+def setup(config: Config, hooks: TrainHooks) -> Setup:
+    test_splits = check_data(config)
+    seed_everything(config.seed)
+    device = hooks.device(config.device)
+    model = build_model(config).to(device)
+    criterion = build_criterion(config.loss).to(device)
+    size, ctx = config.model.image_size, config.model.context_length
+    train_set = build_dataset(config.data, config.data.train_split, size, ctx, train=True)
+    eval_sets = {s: build_dataset(config.data, s, size, ctx, train=False)
+                 for s in [config.data.val_split, *test_splits]}
+    return Setup(model, criterion, train_set, eval_sets, test_splits, device,
+                 amp_dtype_for(config.precision, device))
+
+
+def prepare_stage(model: torch.nn.Module, config: Config, stage_index: int) -> None:
+    """Apply stages 0..k in order: the same adapters whether fresh, resumed or continued."""
+    for k in range(stage_index + 1):
+        apply_stage(model, config.hilora, k)
+
+
+class Trainer:
+    """Holds the run's state across stages; `run()` is the recipe."""
+
+    def __init__(self, config: Config, run_dir: Path, hooks: TrainHooks | None = None,
+                 tracker: Tracker | None = None, log: Callable[[str], None] = print,
+                 show_progress: bool = True) -> None:
+        self.config, self.run_dir = config, Path(run_dir)
+        self.hooks = hooks or TrainHooks()
+        self.tracker = tracker if (tracker is not None and self.hooks.is_main) else NullTracker()
+        self.log = log if self.hooks.is_main else (lambda _msg: None)
+        self.show_progress = show_progress and self.hooks.is_main
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+
+    # -- helpers -------------------------------------------------------------------------
+    def _eval_loader(self, dataset) -> DataLoader:
+        subset = Subset(dataset, list(self.hooks.eval_indices(len(dataset))))
+        return DataLoader(subset, batch_size=self.config.optim.eval_batch_size, shuffle=False,
+                          num_workers=self.config.data.num_workers,
+                          pin_memory=self.s.device.type == "cuda")
+
+    def _evaluate(self, split: str, model) -> EvalResult:
+        part = evaluate(model, self._eval_loader(self.s.eval_sets[split]), self.s.device,
+                        amp_dtype=self.s.amp_dtype, canvas_size=self.config.model.image_size,
+                        text_blind=self.config.data.text_blind, blind_seed=self.config.seed + 1)
+        return EvalResult.merge(self.hooks.gather(part))
+
+    def _stage_payload(self, stage_index: int, **extra) -> dict[str, Any]:
+        return {"model": self.s.model.state_dict(), "config": self.config.to_yaml(),
+                "stage_index": stage_index, "stage": self.config.hilora.stages[stage_index].name,
+                **extra}
+
+    # -- the recipe ----------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        start_time = time.time()
+        self._prepare_run_dir(resume)
+        self.s = setup(self.config, self.hooks)
+        stages = self.config.hilora.stages
+        world = self.hooks.world_size
+        self.tracker.log_params(flatten(self.config.to_dict()))
+        position = self._restore() if resume else None
+        first_stage = position["stage_index"] if position else 0
+        global_epoch = position["global_epoch"] if position else 0
+        best: dict[str, Any] = position["best"] if position else {}
+
+        for k in range(first_stage, len(stages)):
+            stage = stages[k]
+            resuming_here = position is not None and k == first_stage
+            if not resuming_here:
+                prepare_stage(self.s.model, self.config, k)
+            lr = scaled_lr(stage.lr, stage.batch_size, world, self.config.optim.scale_lr,
+                           self.config.optim.reference_world_size)
+            model = self.hooks.wrap_model(self.s.model)
+            sampler = self.hooks.train_sampler(self.s.train_set, self.config.seed)
+            loader = DataLoader(self.s.train_set, batch_size=stage.batch_size, sampler=sampler,
+                                num_workers=self.config.data.num_workers, drop_last=True,
+                                pin_memory=self.s.device.type == "cuda",
+                                persistent_workers=self.config.data.num_workers > 0)
+            if len(loader) == 0 and stage.epochs > 0:
+                raise ConfigError(f"hilora.stages[{stage.name}].batch_size: expected at most "
+                                  f"{len(self.s.train_set) // world} per worker (the training "
+                                  f"set has {len(self.s.train_set)} rows), got {stage.batch_size}")
+            optimizer = build_optimizer(self.s.model, lr, self.config.optim.weight_decay,
+                                        fused=self.s.device.type == "cuda")
+            steps = stage.epochs * len(loader)
+            warmup = int(self.config.optim.warmup_epochs * len(loader))
+            scheduler = cosine_with_warmup(optimizer, steps, warmup)
+            first_epoch = 1
+            if resuming_here:
+                optimizer.load_state_dict(position["optimizer"])
+                scheduler.load_state_dict(position["scheduler"])
+                first_epoch = position["epoch"] + 1
+                stage_best = position["stage_best"]
+            else:
+                # Evaluate at stage start: the stage can only keep or improve on this.
+                val = self._evaluate(self.config.data.val_split, model)
+                stage_best = {"val/acc50": val.acc50, "epoch": 0}
+                if self.hooks.is_main:
+                    save_checkpoint(self._best_path(stage.name), self._stage_payload(
+                        k, epoch=0, **{"val/acc50": val.acc50}))
+                self._record(k, 0, global_epoch, {"val/acc50": val.acc50, "lr": lr})
+                self.log(f"[{stage.name}] start: val/acc50 {val.acc50:.4f} "
+                         f"(lr {lr:.3g}, batch {stage.batch_size} x {world} workers)")
+            self.hooks.barrier()
+
+            for epoch in range(first_epoch, stage.epochs + 1):
+                global_epoch += 1
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(global_epoch)
+                if hasattr(self.s.train_set, "set_epoch"):
+                    self.s.train_set.set_epoch(global_epoch)
+                stats = train_one_epoch(
+                    model, self.s.criterion, loader, optimizer, scheduler, self.s.device,
+                    amp_dtype=self.s.amp_dtype, grad_clip_norm=self.config.optim.grad_clip_norm,
+                    stage_index=k, epoch=epoch, text_blind=self.config.data.text_blind,
+                    blind_seed=self.config.seed * 1000 + global_epoch,
+                    show_progress=self.show_progress,
+                    desc=f"{stage.name} {epoch}/{stage.epochs}")
+                val = self._evaluate(self.config.data.val_split, model)
+                improved = val.acc50 > stage_best["val/acc50"]
+                if improved:
+                    stage_best = {"val/acc50": val.acc50, "epoch": epoch}
+                record = {"train/loss": self.hooks.all_reduce_mean(stats.loss),
+                          **{f"train/{t}": self.hooks.all_reduce_mean(v)
+                             for t, v in stats.terms.items()},
+                          "val/acc50": val.acc50, "time/epoch_s": stats.seconds,
+                          "samples_per_s": stats.samples_per_s * world,
+                          "lr": scheduler.get_last_lr()[0]}
+                self._record(k, epoch, global_epoch, record)
+                if self.hooks.is_main:
+                    if improved:
+                        save_checkpoint(self._best_path(stage.name), self._stage_payload(
+                            k, epoch=epoch, **{"val/acc50": val.acc50}))
+                    save_checkpoint(self.ckpt_dir / "last.pt", {
+                        **self._stage_payload(k, epoch=epoch),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "global_epoch": global_epoch, "stage_best": stage_best,
+                        "best": json.dumps(best)})
+                self.hooks.report({**record, "stage_index": k, "epoch": epoch,
+                                   "global_epoch": global_epoch}, self.ckpt_dir / "last.pt")
+                self.log(f"[{stage.name}] epoch {epoch}/{stage.epochs}  loss {stats.loss:.4f}  "
+                         f"val/acc50 {val.acc50:.4f}{' *' if improved else ''}  "
+                         f"{stats.samples_per_s * world:.0f} img/s  {stats.seconds:.1f}s")
+            self.hooks.barrier()
+            # The next stage (and the final evaluation) starts from this stage's best.
+            state = load_checkpoint(self._best_path(stage.name), self.s.device)
+            load_model_weights(self.s.model, state["model"], str(self._best_path(stage.name)))
+            best = {"stage": stage.name, "stage_index": k, "epoch": stage_best["epoch"],
+                    "val/acc50": stage_best["val/acc50"]}
+            position = None
+
+        return self._finish(best, global_epoch, time.time() - start_time)
+
+    # -- pieces --------------------------------------------------------------------------
+    def _best_path(self, stage_name: str) -> Path:
+        return self.ckpt_dir / f"{stage_name}_best.pt"
+
+    def _record(self, k: int, epoch: int, global_epoch: int, values: dict[str, float]) -> None:
+        if not self.hooks.is_main:
+            return
+        stage = self.config.hilora.stages[k]
+        self.metrics.append({"stage": stage.name, "stage_index": k, "epoch": epoch,
+                             "global_epoch": global_epoch, **values})
+        self.tracker.log_metrics({k2: v for k2, v in values.items()
+                                  if isinstance(v, (int, float)) and math.isfinite(v)},
+                                 step=global_epoch)
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        config_path = self.run_dir / "config.yaml"
+        if resume:
+            if not config_path.is_file():
+                raise UserError(f"{self.run_dir}: nothing to resume (no config.yaml)")
+            if config_path.read_text() != self.config.to_yaml():
+                raise UserError(f"{config_path}: the run was started with another config; "
+                                "resume it without overrides or pick another --name")
+            return
+        if (self.run_dir / "metrics.jsonl").exists() or (self.run_dir / "summary.json").exists():
+            raise UserError(f"{self.run_dir}: run folder already holds results; pass --resume "
+                            "or choose another --name")
+        if self.hooks.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_path.write_text(self.config.to_yaml())
+
+    def _restore(self) -> dict[str, Any] | None:
+        """Position of an interrupted run, with the model already restored; None to start over."""
+        last = self.ckpt_dir / "last.pt"
+        if not last.is_file():
+            if self.hooks.is_main:
+                self.metrics.path.unlink(missing_ok=True)
+            return None
+        state = load_checkpoint(last, self.s.device)
+        k, epoch = int(state["stage_index"]), int(state["epoch"])
+        stages = self.config.hilora.stages
+        prepare_stage(self.s.model, self.config, k)
+        load_model_weights(self.s.model, state["model"], str(last))
+        if self.hooks.is_main:
+            self.metrics.truncate_after(k, epoch)
+        position = {"stage_index": k, "epoch": epoch, "optimizer": state["optimizer"],
+                    "scheduler": state["scheduler"], "global_epoch": int(state["global_epoch"]),
+                    "stage_best": state["stage_best"], "best": json.loads(state["best"])}
+        self.log(f"resuming {self.run_dir.name} at {stages[k].name} after epoch {epoch}")
+        return position
+
+    def _finish(self, best: dict[str, Any], global_epoch: int, wall: float) -> dict[str, Any]:
+        """Evaluate every split once with the selected checkpoint; write predictions/summary."""
+        model = self.s.model
+        splits: dict[str, Any] = {}
+        for split in [self.config.data.val_split, *self.s.test_splits]:
+            result = self._evaluate(split, model)
+            rows = self.s.eval_sets[split].rows
+            types = [rows["expr_type"][i] for i in result.indices]
+            splits[split] = {"acc50": result.acc50, "count": int(len(result.iou)),
+                             "by_type": accuracy_by_type(result.hits, types)}
+            if self.hooks.is_main:
+                write_predictions(self.run_dir / "predictions" / f"{split}.parquet", result, rows)
+        world = self.hooks.world_size
+        last_stage = self.config.hilora.stages[-1]
+        summary = {
+            "name": self.run_dir.name,
+            **{f"{s}/acc50": v["acc50"] for s, v in splits.items()},
+            "splits": splits,
+            "best": best,
+            "epochs_trained": global_epoch,
+            "wall_time_s": wall,
+            "starting_weights": self.config.model.weights or "random init",
+            "dataset": self.config.data.dataset,
+            "world_size": world,
+            "per_worker_batch": last_stage.batch_size,
+            "global_batch": last_stage.batch_size * world,
+            "lr_scaling": self.config.optim.scale_lr,
+            "device": self.s.device.type,
+            "text_blind": self.config.data.text_blind,
+        }
+        if self.hooks.is_main:
+            shutil.copyfile(self._best_path(best["stage"]), self.ckpt_dir / "best.pt")
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.tracker.log_metrics({f"{s}/acc50": v["acc50"] for s, v in splits.items()
+                                      if s != self.config.data.val_split and
+                                      math.isfinite(v["acc50"])}, step=global_epoch)
+        return summary
+
+
+def fit(config: Config, run_dir: Path, hooks: TrainHooks | None = None,
+        tracker: Tracker | None = None, resume: bool = False,
+        log: Callable[[str], None] = print, show_progress: bool = True) -> dict[str, Any]:
+    """Train every HiLoRA stage of `config` into `run_dir`; return the summary."""
+    return Trainer(config, run_dir, hooks, tracker, log, show_progress).run(resume=resume)
+
+
+__all__ = ["fit", "Trainer", "NonFiniteLossError", "setup", "prepare_stage", "flatten"]
