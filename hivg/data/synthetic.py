@@ -22,16 +22,19 @@ Resolution rules (the tests re-implement them independently):
     matching X whose centre is left of A's centre (same for right / above / below);
   - "the leftmost X": among >= 2 objects matching X, the target's centre is left of every
     other's by >= POS_MARGIN pixels (largest / smallest: side ratio >= SIZE_RATIO).
-Types are drawn per target (attribute 0.4, relational 0.35, superlative 0.25) with a
-fallback to the other types when the drawn one has no valid expression; about 55-60% of
-the expressions end up spatial (relational + superlative).
+Types are drawn per target (attribute 0.4, relational 0.4, superlative 0.2) with a fallback
+to the other types when the drawn one has no valid expression (twins have no attribute
+expression). With seed 0: 33% attribute, 28% relational, 38% superlative, so 67% spatial;
+the target's colour is unique in its image for only 15% of the expressions.
 
 Sizes: 10,000 train / 1,000 val / 1,000 test expressions by default, with up to
-MAX_EXPRESSIONS_PER_IMAGE targets per image (about 3.4 on average, roughly 2,900 + 300 +
-300 images). Several expressions per image, as in RefCOCO, make the phrase necessary (the
-same image asks for different objects) and keep generation and decoding cheap. Splits use
-disjoint images. Everything is derived from (seed, split, image index), so the output is
-identical for the same seed on any machine with the same Pillow version.
+MAX_EXPRESSIONS_PER_IMAGE targets per image (3.8 on average: 2,606 + 261 + 258 images with
+seed 0). Several expressions per image, as in RefCOCO, make the phrase necessary (the same
+image asks for different objects) and keep generation and decoding cheap. 10k train
+expressions give each type thousands of examples while an epoch stays short on a CPU;
+1k val/test keep the standard error of acc50 at most 1.6 points. Splits use disjoint
+images. Everything is derived from (seed, split, image index), so the output is identical
+for the same seed on any machine with the same Pillow version.
 
 Files (under {storage}/data/synthetic/raw): images/{split}_{i:05d}.png; splits/
 synthetic_{split}.pth (RefCOCO tuples: image, {height, width}, [x, y, w, h], phrase,
@@ -111,6 +114,14 @@ def _separated(a: tuple, b: tuple) -> bool:
 
 
 def make_scene(rng: random.Random) -> tuple[int, int, list[Shape]]:
+    """A scene with at least 3 objects (crowded draws that place fewer are redrawn)."""
+    while True:
+        width, height, objects = _draw_layout(rng)
+        if len(objects) >= 3:
+            return width, height, objects
+
+
+def _draw_layout(rng: random.Random) -> tuple[int, int, list[Shape]]:
     width, height = rng.randint(*IMAGE_SIDE), rng.randint(*IMAGE_SIDE)
     colours = rng.sample(sorted(COLOURS), 2 if rng.random() < 0.7 else 3)
     shapes = rng.sample(SHAPES, 2 if rng.random() < 0.6 else 3)
@@ -217,14 +228,14 @@ def _strictly(rel: str, o: Shape, a: Shape) -> bool:
             "above": o.box[3] <= a.box[1], "below": o.box[1] >= a.box[3]}[rel]
 
 
-def _superlative_key(kind: str, o: Shape) -> float:
-    """Larger is 'more': the target must win by the margin."""
-    return {"leftmost": -o.cx, "rightmost": o.cx, "topmost": -o.cy, "bottommost": o.cy,
-            "largest": math.log(o.side), "smallest": -math.log(o.side)}[kind]
-
-
-def _superlative_margin(kind: str) -> float:
-    return math.log(SIZE_RATIO) if kind in ("largest", "smallest") else POS_MARGIN
+def _beats(kind: str, t: Shape, o: Shape) -> bool:
+    """Whether t is clearly more {kind} than o (positions by POS_MARGIN px, sides by SIZE_RATIO)."""
+    if kind == "largest":
+        return t.side >= SIZE_RATIO * o.side
+    if kind == "smallest":
+        return o.side >= SIZE_RATIO * t.side
+    return {"leftmost": t.cx + POS_MARGIN <= o.cx, "rightmost": t.cx >= o.cx + POS_MARGIN,
+            "topmost": t.cy + POS_MARGIN <= o.cy, "bottommost": t.cy >= o.cy + POS_MARGIN}[kind]
 
 
 def attribute_expressions(objects: list[Shape], target: int) -> list[str]:
@@ -242,9 +253,7 @@ def superlative_expressions(objects: list[Shape], target: int) -> list[str]:
             group = matching(objects, desc)
             if len(group) < 2:
                 continue
-            key, margin = _superlative_key(kind, t), _superlative_margin(kind)
-            if all(key >= _superlative_key(kind, objects[o]) + margin for o in group
-                   if o != target):
+            if all(_beats(kind, t, objects[o]) for o in group if o != target):
                 found.append(noun_phrase(desc, kind))
     return found
 
