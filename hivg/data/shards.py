@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from hivg.data.manifest import filesystem, join, write_table
+from hivg.data.manifest import filesystem, join
 
 IMAGES_PER_SHARD = 2000
 # Small row groups: a random-access read (shuffled training) fetches a few images, not MBs.
