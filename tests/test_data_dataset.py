@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
 
 import numpy as np
@@ -124,6 +125,9 @@ def test_pre_resized_shards_keep_original_geometry(tmp_path):
 def test_shards_read_in_dataloader_workers(synthetic_storage):
     dataset = build_dataset(data_config(synthetic_storage), "test", SIZE, CONTEXT, train=False)
     assert dataset.use_shards
+    first = dataset[0]  # opens shard files in this process; a copy must not carry them
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert all(torch.equal(v, copy[0][k]) for k, v in first.items())
     loader = DataLoader(dataset, batch_size=8, num_workers=1)
     indices = torch.cat([batch["index"] for batch in loader])
     assert indices.tolist() == list(range(len(dataset)))

@@ -101,6 +101,9 @@ class ShardReader:
         self.dataset_folder = dataset_folder
         self._pid: Optional[int] = None
 
+    def __getstate__(self) -> dict:  # open files never travel to another process
+        return {"dataset_folder": self.dataset_folder, "_pid": None}
+
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._fs, _ = filesystem(self.dataset_folder)
