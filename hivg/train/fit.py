@@ -115,7 +115,8 @@ def setup(config: Config, hooks: TrainHooks) -> Setup:
 
 
 def prepare_stage(model: torch.nn.Module, config: Config, stage_index: int) -> None:
-    """Apply stages 0..k in order: the same adapters whether fresh, resumed or continued."""
+    """Bring a freshly built model to stage k: apply stages 0..k in order, so a resumed or
+    evaluated model has the same adapters as one trained through the chain."""
     for k in range(stage_index + 1):
         apply_stage(model, config.hilora, k)
 
@@ -169,7 +170,7 @@ class Trainer:
             stage = stages[k]
             resuming_here = position is not None and k == first_stage
             if not resuming_here:
-                prepare_stage(self.s.model, self.config, k)
+                apply_stage(self.s.model, self.config.hilora, k)  # the model is at stage k-1
             lr = scaled_lr(stage.lr, stage.batch_size, world, self.config.optim.scale_lr,
                            self.config.optim.reference_world_size)
             model = self.hooks.wrap_model(self.s.model)

@@ -1,0 +1,139 @@
+"""Contrastive pre-training of a small CLIP on synthetic image-caption pairs.
+
+HiVG starts from a pre-trained CLIP. Real CLIP weights are far too big for a 2-core demo, so
+the tiny backbone gets its own short CLIP pre-training: fresh synthetic scenes (drawn from a
+seed stream disjoint from the benchmark's images) captioned with their objects from left to
+right ("large red circle small blue square ..."). The result is saved as an ordinary
+open_clip state dict and loaded through the same weight-loading path as real CLIP weights.
+
+The checkpoint is cached under {storage}/weights/ by a hash of everything that determines it
+(model name, sizes, steps, seed, generator version), so every run and trial shares it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from hivg.config import Config
+from hivg.data import synthetic
+from hivg.data.tokens import tokenize
+from hivg.data.transforms import eval_placement, render
+from hivg.train.checkpoint import save_checkpoint
+
+# A config value for model.weights that means "the cached synthetic pre-training".
+SYNTHETIC_WEIGHTS = "@synthetic-pretrained"
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    clip: str
+    image_size: int
+    context_length: int
+    scenes: int = 4096
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    seed: int = 0
+
+    def key(self) -> str:
+        blob = json.dumps({**asdict(self), "generator": synthetic.GENERATOR_VERSION},
+                          sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def caption(objects: list[synthetic.Shape]) -> str:
+    return " ".join(f"{o.size} {o.colour} {o.shape}" for o in sorted(objects, key=lambda o: o.cx))
+
+
+def make_pairs(count: int, image_size: int, context_length: int, seed: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` letterboxed scenes (float16, normalised) and their caption tokens."""
+    rng = random.Random(f"pretrain-{seed}")  # never the benchmark's (seed, split, index) stream
+    images = torch.empty(count, 3, image_size, image_size, dtype=torch.float16)
+    captions = []
+    for i in range(count):
+        w, h, objects = synthetic.make_scene(rng)
+        picture = synthetic.draw_scene(w, h, objects, rng)
+        pixels, _mask = render(picture, (w, h), eval_placement(w, h, image_size), image_size)
+        images[i] = pixels.half()
+        captions.append(caption(objects))
+    return images, tokenize(captions, context_length)
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+              logit_scale: torch.Tensor) -> torch.Tensor:
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp().clamp(max=100) * image_features @ text_features.t()
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def pretrain_clip(settings: PretrainSettings, out_path: Path,
+                  log: Callable[[str], None] = print) -> Path:
+    import open_clip
+
+    from hivg.model.backbone import register_configs
+
+    register_configs()
+    torch.manual_seed(settings.seed)
+    start = time.perf_counter()
+    images, tokens = make_pairs(settings.scenes, settings.image_size, settings.context_length,
+                                settings.seed)
+    log(f"pre-training {settings.clip}: {settings.scenes} synthetic scenes made in "
+        f"{time.perf_counter() - start:.0f}s; {settings.steps} steps of batch {settings.batch_size}")
+    model = open_clip.create_model(settings.clip, pretrained=None)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    warmup = max(1, settings.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
+        (s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, s / settings.steps)))))
+    gen = torch.Generator().manual_seed(settings.seed)
+    order = torch.randperm(settings.scenes, generator=gen)
+    cursor = 0
+    for step in range(1, settings.steps + 1):
+        if cursor + settings.batch_size > settings.scenes:
+            order, cursor = torch.randperm(settings.scenes, generator=gen), 0
+        idx = order[cursor:cursor + settings.batch_size]
+        cursor += settings.batch_size
+        loss = clip_loss(model.encode_image(images[idx].float()), model.encode_text(tokens[idx]),
+                         model.logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == settings.steps:
+            log(f"  step {step}/{settings.steps}  contrastive loss {loss.item():.3f}  "
+                f"{time.perf_counter() - start:.0f}s")
+    save_checkpoint(out_path, {"state_dict": model.state_dict()})
+    return out_path
+
+
+def ensure_pretrained(settings: PretrainSettings, storage: Path,
+                      log: Callable[[str], None] = print) -> Path:
+    path = Path(storage) / "weights" / f"{settings.clip}-synthetic-{settings.key()}.pt"
+    if path.is_file():
+        log(f"tiny CLIP weights: {path} (cached)")
+        return path
+    return pretrain_clip(settings, path, log)
+
+
+def resolve_weights(config: Config, storage: Path, log: Callable[[str], None] = print) -> Config:
+    """Replace model.weights == SYNTHETIC_WEIGHTS by the cached pre-trained checkpoint."""
+    if config.model.weights != SYNTHETIC_WEIGHTS:
+        return config
+    settings = PretrainSettings(config.model.clip, config.model.image_size,
+                                config.model.context_length)
+    path = ensure_pretrained(settings, storage, log)
+    return config.replace({"model.weights": str(Path(path).resolve())})
