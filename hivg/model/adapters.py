@@ -1,0 +1,55 @@
+"""LoRA adapters for our attention module: low-rank deltas on q, k, v (rows of the fused
+in_proj) and out_proj. Why our own and not peft's MultiheadAttention path: see hivg.model.lora.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LowRank(nn.Module):
+    """delta(x) = (alpha / rank) * B A dropout(x); B starts at zero so a new adapter is a no-op."""
+
+    def __init__(self, in_dim: int, out_dim: int, rank: int, alpha: float, dropout: float,
+                 device=None, dtype=None):
+        super().__init__()
+        self.rank, self.alpha = rank, alpha
+        self.scale = alpha / rank
+        self.A = nn.Parameter(torch.empty(rank, in_dim, device=device, dtype=dtype))
+        self.B = nn.Parameter(torch.zeros(out_dim, rank, device=device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # peft's / nn.Linear's default for A
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.linear(self.dropout(x), self.A), self.B) * self.scale
+
+    def delta_weight(self) -> Tensor:
+        return (self.B @ self.A) * self.scale
+
+
+class AttentionLoRA(nn.Module):
+    """One adapter of one attention module: independent rank-r deltas for q, k, v and out,
+    as peft gives HF CLIP's separate q_proj/k_proj/v_proj/out_proj (the released setup)."""
+
+    def __init__(self, dim: int, rank: int, alpha: float, dropout: float, device=None, dtype=None):
+        super().__init__()
+        kw = dict(rank=rank, alpha=alpha, dropout=dropout, device=device, dtype=dtype)
+        self.q = LowRank(dim, dim, **kw)
+        self.k = LowRank(dim, dim, **kw)
+        self.v = LowRank(dim, dim, **kw)
+        self.out = LowRank(dim, dim, **kw)
+
+    @property
+    def rank(self) -> int:
+        return self.q.rank
+
+    @property
+    def alpha(self) -> float:
+        return self.q.alpha
+
+    def set_dropout(self, p: float) -> None:
+        for m in (self.q, self.k, self.v, self.out):
+            m.dropout.p = p
