@@ -68,3 +68,19 @@ def clamp_to_image(boxes: Tensor, width: Tensor | float, height: Tensor | float)
     x2 = torch.minimum(boxes[..., 2].clamp(min=0), w)
     y2 = torch.minimum(boxes[..., 3].clamp(min=0), h)
     return torch.stack([x1, y1, x2, y2], dim=-1)
+
+
+def rasterize_boxes(boxes: Tensor, height: int, width: int) -> Tensor:
+    """(B, 4) cxcywh boxes normalised to [0, 1] -> (B, height, width) float masks.
+    A cell is inside when its centre is inside the box (nearest-neighbour downsampling of the
+    box mask); the cell holding the box centre is always on, so a box smaller than a cell
+    still has a target."""
+    x1, y1, x2, y2 = cxcywh_to_xyxy(boxes)[:, :, None, None].unbind(1)
+    ys = (torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5) / height
+    xs = (torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5) / width
+    ys, xs = ys[None, :, None], xs[None, None, :]
+    inside = (xs >= x1) & (xs <= x2) & (ys >= y1) & (ys <= y2)
+    cx = (boxes[:, 0] * width).floor().clamp(0, width - 1).long()
+    cy = (boxes[:, 1] * height).floor().clamp(0, height - 1).long()
+    inside[torch.arange(boxes.shape[0], device=boxes.device), cy, cx] = True
+    return inside.to(boxes.dtype)
