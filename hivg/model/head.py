@@ -1,0 +1,53 @@
+"""Heads on the VL encoder's output: box regression on [REG], and the two dense heads that
+score patches against the phrase (alignment at the patch grid, segmentation at 8x the grid)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hivg.model.bridge import QuickGELU
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (the DETR/TransVG box head)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class AlignHead(nn.Module):
+    """Patch tokens -> LayerNorm + MLP, dotted with the phrase vector: (B, N) logits."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = QuickGELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, patches: Tensor, phrase: Tensor) -> Tensor:
+        feats = self.fc2(self.act(self.fc1(self.norm(patches))))
+        return (feats * phrase[:, None, :]).sum(-1)
+
+
+class SegHead(nn.Module):
+    """Patch grid -> three 2x transposed convolutions -> dotted with the phrase: (B, 8G, 8G)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.up = nn.Sequential(*[nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2, bias=False)
+                                  for _ in range(3)])
+
+    def forward(self, patches: Tensor, grid: int, phrase: Tensor) -> Tensor:
+        B, N, D = patches.shape
+        feats = self.up(patches.transpose(1, 2).reshape(B, D, grid, grid))
+        return (feats * phrase[:, :, None, None]).sum(1)
