@@ -2,6 +2,7 @@
 score patches against the phrase (alignment at the patch grid, segmentation at 8x the grid)."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -40,14 +41,20 @@ class AlignHead(nn.Module):
 
 
 class SegHead(nn.Module):
-    """Patch grid -> three 2x transposed convolutions -> dotted with the phrase: (B, 8G, 8G)."""
+    """Patch grid -> three 2x transposed convolutions -> dotted with the phrase: (B, 8G, 8G).
+
+    Channels halve at each upsampling (D -> D/2 -> D/4 -> D/8) and the phrase vector is
+    projected to D/8: at full width the last convolution alone would cost more than the
+    whole ViT-B/16 (112^2 x 512^2 x 4 MACs), for a map that only serves an auxiliary loss."""
 
     def __init__(self, dim: int):
         super().__init__()
-        self.up = nn.Sequential(*[nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2, bias=False)
-                                  for _ in range(3)])
+        widths = [dim, dim // 2, dim // 4, dim // 8]
+        self.up = nn.Sequential(*[nn.ConvTranspose2d(a, b, kernel_size=2, stride=2, bias=False)
+                                  for a, b in zip(widths[:-1], widths[1:])])
+        self.phrase_proj = nn.Linear(dim, widths[-1])
 
     def forward(self, patches: Tensor, grid: int, phrase: Tensor) -> Tensor:
         B, N, D = patches.shape
         feats = self.up(patches.transpose(1, 2).reshape(B, D, grid, grid))
-        return (feats * phrase[:, :, None, None]).sum(1)
+        return torch.einsum("bchw,bc->bhw", feats, self.phrase_proj(phrase))
