@@ -32,12 +32,14 @@ def main() -> int:
     storage = Path(args.storage)
     config = with_storage_defaults(resolve_config(args.config, args.preset, args.overrides), storage)
 
+    from hivg.data.manifest import list_splits
     from hivg.data.prepare import ensure_synthetic
-    from hivg.train.fit import fit
+    from hivg.train.fit import fit, preflight
     from hivg.train.pretrain import resolve_weights
 
-    if config.data.dataset == "synthetic":
+    if config.data.dataset == "synthetic" and not list_splits(config.data.data_dir, "synthetic"):
         ensure_synthetic(storage, seed=0, log=print)
+    preflight(config)  # a bad config fails here, before data or weights are made
     config = resolve_weights(config, storage, log=print)
     name = args.name or default_run_name(config)
     run_dir = storage / name

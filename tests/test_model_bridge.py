@@ -28,7 +28,7 @@ def batch(n: int, seed: int):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_model(load_preset("tiny")).eval()
+    return build_model(load_preset("tiny").replace({"model.weights": None})).eval()
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -63,7 +63,7 @@ def test_prediction_changes_with_its_own_phrase(model):
 
 def test_every_bridge_parameter_receives_a_gradient():
     torch.manual_seed(0)
-    config = load_preset("tiny")
+    config = load_preset("tiny").replace({"model.weights": None})
     model = build_model(config).train()
     image, pad, tokens = batch(3, seed=4)
     out = model(image, pad, tokens)
@@ -76,7 +76,7 @@ def test_every_bridge_parameter_receives_a_gradient():
 
 
 def test_bridge_can_be_disabled_and_taps_stay():
-    config = load_preset("tiny").replace({"model.bridge.enabled": False})
+    config = load_preset("tiny").replace({"model.weights": None}).replace({"model.bridge.enabled": False})
     model = build_model(config).eval()
     assert len(model.bridge) == 0 and model.taps == [0, 1, 2, 3]
     image, pad, tokens = batch(2, seed=5)

@@ -30,7 +30,7 @@ def inputs(n: int = 3, seed: int = 0):
 
 
 def test_forward_shapes_and_box_range():
-    model = build_model(load_preset("tiny")).eval()
+    model = build_model(load_preset("tiny").replace({"model.weights": None})).eval()
     (x, _) = inputs()
     with torch.no_grad():
         out = model(*x)
@@ -45,8 +45,8 @@ def test_forward_shapes_and_box_range():
 
 def test_eager_and_sdpa_agree():
     torch.manual_seed(0)
-    a = build_model(load_preset("tiny").replace({"model.attention": "eager"})).eval()
-    b = build_model(load_preset("tiny").replace({"model.attention": "sdpa"})).eval()
+    a = build_model(load_preset("tiny").replace({"model.weights": None}).replace({"model.attention": "eager"})).eval()
+    b = build_model(load_preset("tiny").replace({"model.weights": None}).replace({"model.attention": "sdpa"})).eval()
     b.load_state_dict(a.state_dict())
     (x, _) = inputs()
     with torch.no_grad():
@@ -56,7 +56,7 @@ def test_eager_and_sdpa_agree():
 
 
 def test_padded_patches_are_masked_only_where_fully_padded():
-    model = build_model(load_preset("tiny"))
+    model = build_model(load_preset("tiny").replace({"model.weights": None}))
     pad = torch.zeros(1, 128, 128, dtype=torch.bool)
     pad[0, 120:] = True  # half of the last patch row: still image content
     assert not model.patch_padding(pad).any()
@@ -80,7 +80,7 @@ def test_padded_patches_are_masked_only_where_fully_padded():
 ])
 def test_config_is_validated_against_the_encoders(override, message):
     with pytest.raises(ConfigError) as e:
-        build_model(load_preset("tiny").replace(override))
+        build_model(load_preset("tiny").replace({"model.weights": None}).replace(override))
     assert message in str(e.value)
 
 
@@ -103,7 +103,7 @@ SWITCHES = {
 @pytest.mark.parametrize("stage", [0, 2])
 def test_every_trainable_parameter_gets_a_gradient(variant, stage):
     """What DDP without find_unused_parameters needs, for every loss-switch variant."""
-    cfg = load_preset("tiny").replace(SWITCHES[variant])
+    cfg = load_preset("tiny").replace({"model.weights": None}).replace(SWITCHES[variant])
     torch.manual_seed(0)
     model = build_model(cfg).train()
     apply_stage(model, cfg.hilora, stage)

@@ -113,7 +113,7 @@ def test_open_clip_checkpoint_with_training_wrapper_loads(tmp_path):
 def test_missing_file_is_a_weights_error(tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         load_clip_state_dict(tmp_path / "nope.pt")
-    cfg = load_preset("tiny").replace({"model.weights": str(tmp_path / "nope.pt")})
+    cfg = load_preset("tiny").replace({"model.weights": None}).replace({"model.weights": str(tmp_path / "nope.pt")})
     with pytest.raises(WeightsError, match=r"^model\.weights: .*nope\.pt: weights file not found"):
         build_model(cfg)
 
@@ -123,7 +123,7 @@ def test_wrong_shape_names_the_first_bad_key(tmp_path):
     sd["visual.transformer.resblocks.2.mlp.c_fc.weight"] = torch.zeros(3, 3)
     sd["transformer.resblocks.3.ln_1.bias"] = torch.zeros(7)
     torch.save(sd, tmp_path / "bad.pt")
-    cfg = load_preset("tiny").replace({"model.weights": str(tmp_path / "bad.pt")})
+    cfg = load_preset("tiny").replace({"model.weights": None}).replace({"model.weights": str(tmp_path / "bad.pt")})
     with pytest.raises(WeightsError, match=r"shape mismatch for visual\.transformer\.resblocks\.2"
                                            r"\.mlp\.c_fc\.weight: file has \(3, 3\)"):
         build_model(cfg)  # the first bad key in the model's order (the vision tower comes first)
@@ -154,7 +154,7 @@ def test_code_pickles_are_refused(tmp_path):
 def test_build_model_loads_weights_into_clip(tmp_path):
     hf = tiny_hf_clip()
     torch.save(hf.state_dict(), tmp_path / "hf.pt")
-    model = build_model(load_preset("tiny").replace({"model.weights": str(tmp_path / "hf.pt")}))
+    model = build_model(load_preset("tiny").replace({"model.weights": None}).replace({"model.weights": str(tmp_path / "hf.pt")}))
     torch.testing.assert_close(model.clip.token_embedding.weight,
                                hf.text_model.embeddings.token_embedding.weight)
     torch.testing.assert_close(model.visual_fuse.weight, model.clip.visual.proj.t().repeat(1, 4))

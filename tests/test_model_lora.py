@@ -55,7 +55,7 @@ def inputs(seed: int = 0, n: int = 3):
 
 
 def config(policy: str):
-    return load_preset("tiny").replace({}), HiLoRAConfig(policy=policy, stages=STAGES)
+    return load_preset("tiny").replace({"model.weights": None}).replace({}), HiLoRAConfig(policy=policy, stages=STAGES)
 
 
 def prepared(policy: str, k: int, seed: int = 0):
@@ -214,13 +214,13 @@ def test_adapter_dropout_is_applied_in_training():
 def test_released_policy_rejects_a_rank_change():
     stages = [StageConfig(name="s0"), StageConfig(name="s1", vision_layers=[0, 1], rank=4),
               StageConfig(name="s2", vision_layers=[0, 3], rank=8)]
-    model = build_model(load_preset("tiny"))
+    model = build_model(load_preset("tiny").replace({"model.weights": None}))
     with pytest.raises(ConfigError, match=r"hilora\.stages\[s2\]\.rank"):
         apply_stage(model, HiLoRAConfig(policy="released", stages=stages), 2)
 
 
 def test_tiny_preset_stages_apply():
-    cfg = load_preset("tiny")
+    cfg = load_preset("tiny").replace({"model.weights": None})
     model = build_model(cfg)
     for k in range(len(cfg.hilora.stages)):
         apply_stage(model, cfg.hilora, k)

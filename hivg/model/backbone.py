@@ -28,14 +28,19 @@ def register_configs() -> None:
 register_configs()
 
 
-def create_clip(name: str, attention: str = "sdpa") -> nn.Module:
-    """A random-init open_clip CLIP (nothing downloaded) with our Attention in every block."""
+def create_open_clip(name: str) -> nn.Module:
+    """open_clip's own random-init model (nothing downloaded, no warning about it)."""
     quiet = _DropMessage("No pretrained weights loaded")  # random init is the intent here
     logging.getLogger().addFilter(quiet)
     try:
-        model = open_clip.create_model(name, pretrained=None)
+        return open_clip.create_model(name, pretrained=None)
     finally:
         logging.getLogger().removeFilter(quiet)
+
+
+def create_clip(name: str, attention: str = "sdpa") -> nn.Module:
+    """A random-init open_clip CLIP (nothing downloaded) with our Attention in every block."""
+    model = create_open_clip(name)
     swap_attention(model, attention)
     return model
 

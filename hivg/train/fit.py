@@ -89,6 +89,15 @@ def check_data(config: Config) -> list[str]:
     return [s for s in splits if s not in (config.data.train_split, config.data.val_split)]
 
 
+def preflight(config: Config) -> None:
+    """Every check that needs no training: data prepared, model buildable from the config."""
+    check_data(config)
+    weights = config.model.weights
+    if weights and not weights.startswith("@") and not Path(weights).is_file():
+        raise ConfigError(f"model.weights: file not found: {weights}")
+    build_model(config.replace({"model.weights": None}))
+
+
 @dataclass
 class Setup:
     model: torch.nn.Module       # unwrapped

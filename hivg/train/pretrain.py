@@ -38,8 +38,8 @@ class PretrainSettings:
     clip: str
     image_size: int
     context_length: int
-    scenes: int = 4096
-    steps: int = 600
+    scenes: int = 3000
+    steps: int = 300
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -51,8 +51,20 @@ class PretrainSettings:
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
-def caption(objects: list[synthetic.Shape]) -> str:
-    return " ".join(f"{o.size} {o.colour} {o.shape}" for o in sorted(objects, key=lambda o: o.cx))
+MAX_CAPTIONED = 4  # 5 words an object: 4 objects + start/end fit a 24-token context
+
+
+def caption(objects: list[synthetic.Shape], width: int, height: int, rng: random.Random) -> str:
+    """Up to four of the scene's objects, left to right, each with its coarse place
+    ("small red circle top left"): CLIP's patch features then carry where things are,
+    which the grounding head needs and a caption of attributes alone would not teach."""
+    chosen = rng.sample(objects, min(MAX_CAPTIONED, len(objects)))
+    words = []
+    for o in sorted(chosen, key=lambda o: o.cx):
+        row = ("top", "middle", "bottom")[min(2, int(3 * o.cy / height))]
+        col = ("left", "centre", "right")[min(2, int(3 * o.cx / width))]
+        words.append(f"{o.size} {o.colour} {o.shape} {row} {col}")
+    return " ".join(words)
 
 
 def make_pairs(count: int, image_size: int, context_length: int, seed: int
@@ -66,7 +78,7 @@ def make_pairs(count: int, image_size: int, context_length: int, seed: int
         picture = synthetic.draw_scene(w, h, objects, rng)
         pixels, _mask = render(picture, (w, h), eval_placement(w, h, image_size), image_size)
         images[i] = pixels.half()
-        captions.append(caption(objects))
+        captions.append(caption(objects, w, h, rng))
     return images, tokenize(captions, context_length)
 
 
@@ -81,18 +93,14 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
 
 def pretrain_clip(settings: PretrainSettings, out_path: Path,
                   log: Callable[[str], None] = print) -> Path:
-    import open_clip
-
-    from hivg.model.backbone import register_configs
-
-    register_configs()
+    from hivg.model.backbone import create_open_clip
     torch.manual_seed(settings.seed)
     start = time.perf_counter()
     images, tokens = make_pairs(settings.scenes, settings.image_size, settings.context_length,
                                 settings.seed)
     log(f"pre-training {settings.clip}: {settings.scenes} synthetic scenes made in "
         f"{time.perf_counter() - start:.0f}s; {settings.steps} steps of batch {settings.batch_size}")
-    model = open_clip.create_model(settings.clip, pretrained=None)
+    model = create_open_clip(settings.clip)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)

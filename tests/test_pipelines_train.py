@@ -1,0 +1,78 @@
+"""train.py and evaluate.py as a user runs them: exit codes, one-line errors, outputs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["model.weights=null", "hilora.stages.stage0.epochs=1", "hilora.stages.stage1.epochs=0",
+        "hilora.stages.stage2.epochs=0", "hilora.stages.stage0.batch_size=16"]
+
+
+def run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "pipelines" / script), *args],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+
+
+def bad_weights(tmp_path: Path) -> str:
+    from hivg.model.backbone import create_clip
+
+    state = create_clip("hivg-tiny").state_dict()
+    state["visual.conv1.weight"] = torch.zeros(64, 3, 16, 16)  # another width
+    path = tmp_path / "other-arch.pt"
+    torch.save(state, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.nope=1", "optim.nope: unknown key"),
+    ("seed=abc", "seed: expected an integer"),
+    ("model.bridge.vision_layers=[0,7]", "model.bridge.vision_layers: expected layers < 4"),
+    ("hilora.stages.stage1.rank=0", "hilora.stages[stage1].rank: expected a LoRA rank >= 1"),
+    ("hilora.stages.stage2.vision_layers=[3,1]", "vision_layers: expected a non-empty range"),
+    ("data.dataset=refcoco", "no prepared dataset 'refcoco'"),
+    ("model.weights=BAD", "visual.conv1.weight"),
+])
+def test_bad_configuration_fails_before_training_with_one_line(synthetic_storage, tmp_path,
+                                                                override, message):
+    if override == "model.weights=BAD":
+        override = f"model.weights={bad_weights(tmp_path)}"
+    result = run("train.py", "--storage", str(synthetic_storage), "--name", "bad", "--quiet",
+                 *FAST, override)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (synthetic_storage / "bad" / "metrics.jsonl").exists()
+
+
+def test_train_then_evaluate_the_selected_checkpoint(synthetic_storage):
+    result = run("train.py", "--storage", str(synthetic_storage), "--name", "cli-run", "--quiet",
+                 *FAST)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir = synthetic_storage / "cli-run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "test" in result.stdout and f"results: {run_dir}" in result.stdout
+    # The baselines are printed beside the model's accuracy.
+    assert "largest_object" in result.stdout
+
+    result = run("evaluate.py", "--checkpoint", str(run_dir / "checkpoints" / "best.pt"),
+                 "--dataset", "synthetic", "--split", "test", "--storage", str(synthetic_storage))
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("test"))
+    assert float(line.split()[-1]) == pytest.approx(summary["test/acc50"], abs=1e-4)
+    assert (run_dir / "eval" / "synthetic" / "test.parquet").is_file()
+
+    # A file that is not a training checkpoint: exit 2, one line.
+    clip_only = synthetic_storage / "clip-only.pt"
+    torch.save({"state_dict": {}}, clip_only)
+    result = run("evaluate.py", "--checkpoint", str(clip_only), "--dataset", "synthetic",
+                 "--storage", str(synthetic_storage))
+    assert result.returncode == 2 and "not a HiVG training checkpoint" in result.stderr
