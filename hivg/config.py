@@ -93,6 +93,8 @@ class ModelConfig:
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     vl_encoder: VLEncoderConfig = field(default_factory=VLEncoderConfig)
     head_layers: int = 3
+    # Segmentation head: full (VL width in every upsampling) or tapered (halving channels).
+    seg_head: Literal["full", "tapered"] = "full"
     # eager (the released code's attention) or sdpa (fused kernels).
     attention: Literal["eager", "sdpa"] = "sdpa"
 

@@ -92,6 +92,7 @@ SWITCHES = {
     "box_only": {"loss.contrastive": 0, "loss.align_focal": 0, "loss.align_dice": 0,
                  "loss.seg_focal": 0, "loss.seg_dice": 0},
     "l1_only_dice_only": {"loss.giou": 0, "loss.align_focal": 0, "loss.seg_focal": 0},
+    "full_width_seg_head": {"model.seg_head": "full"},
     "no_bridge": {"model.bridge.enabled": False},
     "no_adaptive_weights": {"model.bridge.adaptive_weights": False},
     # taps end before the last vision layer; without contrastive those layers are not run

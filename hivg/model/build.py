@@ -44,6 +44,7 @@ def build_model(config: Config) -> HiVG:
         contrastive=loss.contrastive > 0,
         align=loss.use_align,
         seg=loss.use_seg,
+        seg_tapered=m.seg_head == "tapered",
     )
     model.clip.requires_grad_(False)
     return model

@@ -43,16 +43,18 @@ class AlignHead(nn.Module):
 class SegHead(nn.Module):
     """Patch grid -> three 2x transposed convolutions -> dotted with the phrase: (B, 8G, 8G).
 
-    Channels halve at each upsampling (D -> D/2 -> D/4 -> D/8) and the phrase vector is
-    projected to D/8: at full width the last convolution alone would cost more than the
-    whole ViT-B/16 (112^2 x 512^2 x 4 MACs), for a map that only serves an auxiliary loss."""
+    full: every convolution keeps the VL width D (4.3 GMACs per image for HiVG-B at 112x112).
+    tapered: channels halve at each upsampling (D -> D/2 -> D/4 -> D/8) and the phrase is
+    projected to D/8; about 0.4 GMACs for HiVG-B, and 37% less step time for the tiny model
+    on a CPU. The dot product is one einsum: a broadcast product and a sum would materialise
+    a (B, D, 8G, 8G) tensor twice."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, tapered: bool = False):
         super().__init__()
-        widths = [dim, dim // 2, dim // 4, dim // 8]
+        widths = [dim, dim // 2, dim // 4, dim // 8] if tapered else [dim] * 4
         self.up = nn.Sequential(*[nn.ConvTranspose2d(a, b, kernel_size=2, stride=2, bias=False)
                                   for a, b in zip(widths[:-1], widths[1:])])
-        self.phrase_proj = nn.Linear(dim, widths[-1])
+        self.phrase_proj = nn.Linear(dim, widths[-1]) if tapered else nn.Identity()
 
     def forward(self, patches: Tensor, grid: int, phrase: Tensor) -> Tensor:
         B, N, D = patches.shape

@@ -27,7 +27,7 @@ class HiVG(nn.Module):
                  adaptive_weights: bool, context_length: int, vl_dim: int, vl_layers: int,
                  vl_heads: int, vl_ffn_dim: int, vl_dropout: float, head_layers: int,
                  attention: str = "sdpa", contrastive: bool = True, align: bool = True,
-                 seg: bool = True):
+                 seg: bool = True, seg_tapered: bool = False):
         """clip: from backbone.create_clip (weights already loaded). taps: 0-based vision layers
         fused into the visual tokens; with bridge=True each also gets a BridgeLayer.
         text_levels: 1-based text layers whose outputs are the bridge's keys/values."""
@@ -62,7 +62,7 @@ class HiVG(nn.Module):
         self.box_head = MLP(vl_dim, vl_dim, 4, head_layers)
         # 6 x dim hidden: 3072 for HiVG-B (d=512) as released.
         self.align_head = AlignHead(vl_dim, 6 * vl_dim) if align else None
-        self.seg_head = SegHead(vl_dim) if seg else None
+        self.seg_head = SegHead(vl_dim, seg_tapered) if seg else None
 
     def forward(self, image: Tensor, pad_mask: Tensor, tokens: Tensor) -> dict[str, Tensor]:
         """image (B, 3, S, S) normalised; pad_mask (B, S, S) True = padding; tokens (B, L)."""
