@@ -2,8 +2,9 @@
 
 HiVG starts from a pre-trained CLIP. Real CLIP weights are far too big for a 2-core demo, so
 the tiny backbone gets its own short CLIP pre-training: fresh synthetic scenes (drawn from a
-seed stream disjoint from the benchmark's images) captioned with their objects from left to
-right ("large red circle small blue square ..."). The result is saved as an ordinary
+seed stream disjoint from the benchmark's images) captioned with up to four of their objects,
+left to right, each with its coarse place ("small red square top left large yellow triangle
+middle centre ..."). The result is saved as an ordinary
 open_clip state dict and loaded through the same weight-loading path as real CLIP weights.
 
 The checkpoint is cached under {storage}/weights/ by a hash of everything that determines it
@@ -31,6 +32,8 @@ from hivg.train.checkpoint import save_checkpoint
 
 # A config value for model.weights that means "the cached synthetic pre-training".
 SYNTHETIC_WEIGHTS = "@synthetic-pretrained"
+# Bump when the caption format changes: it is part of the cache key.
+CAPTION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class PretrainSettings:
     seed: int = 0
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "generator": synthetic.GENERATOR_VERSION},
+        blob = json.dumps({**asdict(self), "generator": synthetic.GENERATOR_VERSION,
+                           "captions": CAPTION_VERSION},
                           sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
