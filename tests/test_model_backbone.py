@@ -8,19 +8,9 @@ from torch import nn
 
 from hivg.model import backbone as bb
 from hivg.model.attention import Attention
+from helpers import make_tokens
 
 TINY = json.loads((bb.CONFIG_DIR / "hivg-tiny.json").read_text())
-
-
-def make_tokens(batch: int, length: int = 24, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(batch, length, dtype=torch.long)
-    for b in range(batch):
-        n = int(torch.randint(1, length - 2, (1,), generator=g))
-        tokens[b, 0] = 49406
-        tokens[b, 1:1 + n] = torch.randint(1, 49000, (n,), generator=g)
-        tokens[b, 1 + n] = 49407
-    return tokens
 
 
 def test_tiny_config_is_registered_and_matches_its_json():

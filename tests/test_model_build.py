@@ -7,17 +7,7 @@ from hivg.config import ConfigError, load_preset
 from hivg.losses import build_criterion
 from hivg.model.build import build_model
 from hivg.model.lora import apply_stage
-
-
-def make_tokens(batch: int, length: int = 24, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(batch, length, dtype=torch.long)
-    for b in range(batch):
-        n = int(torch.randint(1, length - 2, (1,), generator=g))
-        tokens[b, 0] = 49406
-        tokens[b, 1:1 + n] = torch.randint(1, 49000, (n,), generator=g)
-        tokens[b, 1 + n] = 49407
-    return tokens
+from helpers import make_tokens
 
 
 def inputs(n: int = 3, seed: int = 0):

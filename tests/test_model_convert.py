@@ -12,17 +12,7 @@ from hivg.errors import WeightsError  # noqa: E402
 from hivg.model import backbone as bb  # noqa: E402
 from hivg.model.build import build_model  # noqa: E402
 from hivg.model.convert import load_clip_state_dict, load_into_clip  # noqa: E402
-
-
-def make_tokens(batch: int, length: int = 24, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(batch, length, dtype=torch.long)
-    for b in range(batch):
-        n = int(torch.randint(1, length - 2, (1,), generator=g))
-        tokens[b, 0] = 49406
-        tokens[b, 1:1 + n] = torch.randint(1, 49000, (n,), generator=g)
-        tokens[b, 1 + n] = 49407
-    return tokens
+from helpers import make_tokens
 
 
 def tiny_hf_clip(seed: int = 0):

@@ -9,6 +9,7 @@ from hivg.config import ConfigError, HiLoRAConfig, StageConfig, load_preset
 from hivg.losses import build_criterion
 from hivg.model.build import build_model
 from hivg.model.lora import adapters, apply_stage, merge_lora, trainable_parameter_groups
+from helpers import make_tokens
 
 # Stage 2 widens the vision and text ranges and drops bridge LoRA, so the policies differ.
 STAGES = [
@@ -33,17 +34,6 @@ def expected_adapters(policy: str, k: int) -> dict[str, set[str]]:
         for m in mods:
             out.setdefault(m, set()).add(stage if policy == "paper" else "hilora")
     return out
-
-
-def make_tokens(batch: int, length: int = 24, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(batch, length, dtype=torch.long)
-    for b in range(batch):
-        n = int(torch.randint(1, length - 2, (1,), generator=g))
-        tokens[b, 0] = 49406
-        tokens[b, 1:1 + n] = torch.randint(1, 49000, (n,), generator=g)
-        tokens[b, 1 + n] = 49407
-    return tokens
 
 
 def inputs(seed: int = 0, n: int = 3):
