@@ -12,6 +12,7 @@ The checkpoint is cached under {storage}/weights/ by a hash of everything that d
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -33,7 +34,7 @@ from hivg.train.checkpoint import save_checkpoint
 # A config value for model.weights that means "the cached synthetic pre-training".
 SYNTHETIC_WEIGHTS = "@synthetic-pretrained"
 # Bump when the caption format changes: it is part of the cache key.
-CAPTION_VERSION = 2
+CAPTION_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -58,41 +59,67 @@ class PretrainSettings:
 MAX_CAPTIONED = 4  # 5 words an object: 4 objects + start/end fit a 24-token context
 
 
-def caption(objects: list[synthetic.Shape], width: int, height: int, rng: random.Random) -> str:
-    """Up to four of the scene's objects, left to right, each with its coarse place
-    ("small red circle top left"): CLIP's patch features then carry where things are,
-    which the grounding head needs and a caption of attributes alone would not teach."""
-    chosen = rng.sample(objects, min(MAX_CAPTIONED, len(objects)))
-    words = []
-    for o in sorted(chosen, key=lambda o: o.cx):
-        row = ("top", "middle", "bottom")[min(2, int(3 * o.cy / height))]
-        col = ("left", "centre", "right")[min(2, int(3 * o.cx / width))]
-        words.append(f"{o.size} {o.colour} {o.shape} {row} {col}")
-    return " ".join(words)
+def _phrase(o: synthetic.Shape, width: int, height: int) -> str:
+    row = ("top", "middle", "bottom")[min(2, int(3 * o.cy / height))]
+    col = ("left", "centre", "right")[min(2, int(3 * o.cx / width))]
+    return f"{o.size} {o.colour} {o.shape} {row} {col}"
+
+
+def captions(objects: list[synthetic.Shape], width: int, height: int, rng: random.Random
+             ) -> tuple[str, str]:
+    """A caption of up to four of the scene's objects, left to right, each with its coarse
+    place ("small red circle top left"), and a hard negative: the same caption with one
+    object's shape, colour or size changed.
+
+    Places make CLIP's patch features carry where things are. The negatives make it encode
+    every attribute: with scene captions alone, colour already tells the batch's scenes apart
+    and the text tower learned to ignore shape ("the red circle" and "the red square" had
+    cosine similarity 0.99)."""
+    chosen = sorted(rng.sample(objects, min(MAX_CAPTIONED, len(objects))), key=lambda o: o.cx)
+    positive = " ".join(_phrase(o, width, height) for o in chosen)
+    k = rng.randrange(len(chosen))
+    attribute = rng.choices(["shape", "colour", "size"], weights=[0.5, 0.3, 0.2])[0]
+    values = {"shape": synthetic.SHAPES, "colour": sorted(synthetic.COLOURS),
+              "size": sorted(synthetic.SIZE_RANGES)}[attribute]
+    swapped = dataclasses.replace(chosen[k], **{attribute: rng.choice(
+        [v for v in values if v != getattr(chosen[k], attribute)])})
+    negative = " ".join(_phrase(swapped if i == k else o, width, height)
+                        for i, o in enumerate(chosen))
+    return positive, negative
 
 
 def make_pairs(count: int, image_size: int, context_length: int, seed: int
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` letterboxed scenes (float16, normalised) and their caption tokens."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`count` letterboxed scenes (float16, normalised), their caption tokens and the tokens
+    of a hard-negative caption for each."""
     rng = random.Random(f"pretrain-{seed}")  # never the benchmark's (seed, split, index) stream
     images = torch.empty(count, 3, image_size, image_size, dtype=torch.float16)
-    captions = []
+    positives, negatives = [], []
     for i in range(count):
         w, h, objects = synthetic.make_scene(rng)
         picture = synthetic.draw_scene(w, h, objects, rng)
         pixels, _mask = render(picture, (w, h), eval_placement(w, h, image_size), image_size)
         images[i] = pixels.half()
-        captions.append(caption(objects, w, h, rng))
-    return images, tokenize(captions, context_length)
+        positive, negative = captions(objects, w, h, rng)
+        positives.append(positive)
+        negatives.append(negative)
+    return images, tokenize(positives, context_length), tokenize(negatives, context_length)
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-              logit_scale: torch.Tensor) -> torch.Tensor:
+              logit_scale: torch.Tensor, negative_features: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Symmetric InfoNCE; hard-negative captions join the image-to-text side (NegCLIP)."""
     image_features = F.normalize(image_features, dim=-1)
     text_features = F.normalize(text_features, dim=-1)
-    logits = logit_scale.exp().clamp(max=100) * image_features @ text_features.t()
+    scale = logit_scale.exp().clamp(max=100)
+    logits = scale * image_features @ text_features.t()
     labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    image_to_text = logits
+    if negative_features is not None:
+        negatives = scale * image_features @ F.normalize(negative_features, dim=-1).t()
+        image_to_text = torch.cat([logits, negatives], dim=1)
+    return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
 def pretrain_clip(settings: PretrainSettings, out_path: Path,
@@ -100,8 +127,8 @@ def pretrain_clip(settings: PretrainSettings, out_path: Path,
     from hivg.model.backbone import create_open_clip
     torch.manual_seed(settings.seed)
     start = time.perf_counter()
-    images, tokens = make_pairs(settings.scenes, settings.image_size, settings.context_length,
-                                settings.seed)
+    images, tokens, negative_tokens = make_pairs(settings.scenes, settings.image_size,
+                                                 settings.context_length, settings.seed)
     log(f"pre-training {settings.clip}: {settings.scenes} synthetic scenes made in "
         f"{time.perf_counter() - start:.0f}s; {settings.steps} steps of batch {settings.batch_size}")
     model = create_open_clip(settings.clip)
@@ -120,7 +147,7 @@ def pretrain_clip(settings: PretrainSettings, out_path: Path,
         idx = order[cursor:cursor + settings.batch_size]
         cursor += settings.batch_size
         loss = clip_loss(model.encode_image(images[idx].float()), model.encode_text(tokens[idx]),
-                         model.logit_scale)
+                         model.logit_scale, model.encode_text(negative_tokens[idx]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
