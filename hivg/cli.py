@@ -52,7 +52,3 @@ def default_run_name(config: Config) -> str:
     tree["data"].pop("data_dir")  # where the data lives does not change the run
     digest = hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:6]
     return f"{config.preset}-{config.data.dataset}-{config.variant}-seed{config.seed}-{digest}"
-
-
-def mlflow_ui_hint(storage: Path) -> str:
-    return f"mlflow ui --backend-store-uri sqlite:///{(storage / 'mlflow.db').resolve()}"

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from hivg.config import Config, ConfigError
@@ -14,6 +15,7 @@ from hivg.errors import UserError
 from hivg.model.build import build_model
 from hivg.train.checkpoint import load_checkpoint, load_model_weights
 from hivg.train.fit import amp_dtype_for, prepare_stage
+from hivg.train.hooks import TrainHooks
 from hivg.train.loop import evaluate
 from hivg.train.metrics import accuracy_by_type, write_predictions
 
@@ -23,8 +25,6 @@ def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn
     state = load_checkpoint(checkpoint, device)
     if "model" not in state or "config" not in state:
         raise UserError(f"{checkpoint}: not a HiVG training checkpoint (no model/config inside)")
-    import yaml
-
     config = Config.from_dict(yaml.safe_load(state["config"]))
     # Weights come from the checkpoint; the starting weights file need not exist any more.
     model = build_model(config.replace({"model.weights": None})).to(device)
@@ -36,8 +36,7 @@ def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn
 def evaluate_checkpoint(checkpoint: Path, dataset: str, data_dir: Path, splits: list[str] | None,
                         out_dir: Path, device: str = "auto",
                         batch_size: int | None = None) -> dict[str, Any]:
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                       else ("cpu" if device == "auto" else device))
+    dev = TrainHooks().device(device)
     model, config = load_trained_model(checkpoint, dev)
     available = list_splits(data_dir, dataset)
     if not available:
