@@ -123,13 +123,6 @@ def setup(config: Config, hooks: TrainHooks) -> Setup:
                  amp_dtype_for(config.precision, device))
 
 
-def prepare_stage(model: torch.nn.Module, config: Config, stage_index: int) -> None:
-    """Bring a freshly built model to stage k: apply stages 0..k in order, so a resumed or
-    evaluated model has the same adapters as one trained through the chain."""
-    for k in range(stage_index + 1):
-        apply_stage(model, config.hilora, k)
-
-
 class Trainer:
     """Holds the run's state across stages; `run()` is the recipe."""
 
@@ -179,7 +172,7 @@ class Trainer:
             stage = stages[k]
             resuming_here = position is not None and k == first_stage
             if not resuming_here:
-                apply_stage(self.s.model, self.config.hilora, k)  # the model is at stage k-1
+                apply_stage(self.s.model, self.config.hilora, k)
             lr = scaled_lr(stage.lr, stage.batch_size, world, self.config.optim.scale_lr,
                            self.config.optim.reference_world_size)
             model = self.hooks.wrap_model(self.s.model)
@@ -304,7 +297,8 @@ class Trainer:
         state = load_checkpoint(last, self.s.device)
         k, epoch = int(state["stage_index"]), int(state["epoch"])
         stages = self.config.hilora.stages
-        prepare_stage(self.s.model, self.config, k)
+        # apply_stage(k) creates every adapter of stages <= k: the saved state dict's keys.
+        apply_stage(self.s.model, self.config.hilora, k)
         load_model_weights(self.s.model, state["model"], str(last))
         if self.hooks.is_main:
             self.metrics.truncate_after(k, epoch)
@@ -360,4 +354,4 @@ def fit(config: Config, run_dir: Path, hooks: TrainHooks | None = None,
     return Trainer(config, run_dir, hooks, tracker, log, show_progress).run(resume=resume)
 
 
-__all__ = ["fit", "Trainer", "NonFiniteLossError", "setup", "prepare_stage", "flatten"]
+__all__ = ["fit", "Trainer", "NonFiniteLossError", "setup", "preflight", "flatten"]

@@ -1,6 +1,7 @@
 """Evaluate a saved checkpoint on a prepared dataset: rebuild, restore, predict, score."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from hivg.data.manifest import list_splits
 from hivg.errors import UserError
 from hivg.model.build import build_model
 from hivg.train.checkpoint import load_checkpoint, load_model_weights
-from hivg.train.fit import amp_dtype_for, prepare_stage
+from hivg.model.lora import apply_stage
+from hivg.train.fit import amp_dtype_for
 from hivg.train.hooks import TrainHooks
 from hivg.train.loop import evaluate
 from hivg.train.metrics import accuracy_by_type, write_predictions
@@ -28,7 +30,7 @@ def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn
     config = Config.from_dict(yaml.safe_load(state["config"]))
     # Weights come from the checkpoint; the starting weights file need not exist any more.
     model = build_model(config.replace({"model.weights": None})).to(device)
-    prepare_stage(model, config, int(state["stage_index"]))
+    apply_stage(model, config.hilora, int(state["stage_index"]))
     load_model_weights(model, state["model"], str(checkpoint))
     return model, config
 
@@ -46,8 +48,8 @@ def evaluate_checkpoint(checkpoint: Path, dataset: str, data_dir: Path, splits: 
         if split not in available:
             raise ConfigError(f"--split: {split!r} is not prepared for {dataset} "
                               f"(found {', '.join(available)})")
-    data = config.data.__class__(**{**config.data.__dict__, "dataset": dataset,
-                                     "data_dir": str(data_dir), "max_eval_samples": None})
+    data = dataclasses.replace(config.data, dataset=dataset, data_dir=str(data_dir),
+                               max_eval_samples=None)
     results: dict[str, Any] = {}
     for split in splits:
         ds = build_dataset(data, split, config.model.image_size, config.model.context_length,

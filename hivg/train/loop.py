@@ -5,20 +5,16 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from hivg.data.transforms import canvas_to_image_boxes
 from hivg.ops.boxes import elementwise_iou
-
-try:
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover - tqdm is a dependency
-    tqdm = None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -69,8 +65,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader,
     sums: dict[str, float] = {}
     seen, start = 0, time.perf_counter()
     gen = torch.Generator().manual_seed(blind_seed)
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
-               disable=not show_progress or tqdm is None) if tqdm else loader
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not show_progress)
     for step, batch in enumerate(bar, start=1):
         if text_blind:
             batch["tokens"] = blind_tokens(batch["tokens"], gen)
@@ -93,7 +88,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: DataLoader,
         seen += n
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-        if hasattr(bar, "set_postfix") and step % 5 == 0:
+        if step % 5 == 0:
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", img_s=f"{seen / elapsed:.0f}")
     seconds = time.perf_counter() - start
@@ -135,7 +130,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *,
     model.eval()
     gen = torch.Generator().manual_seed(blind_seed)
     indices, boxes, ious = [], [], []
-    it = tqdm(loader, desc=desc, leave=False, disable=not show_progress) if tqdm else loader
+    it = tqdm(loader, desc=desc, leave=False, disable=not show_progress)
     for batch in it:
         if text_blind:
             batch["tokens"] = blind_tokens(batch["tokens"], gen)
