@@ -97,6 +97,10 @@ class ModelConfig:
     seg_head: Literal["full", "tapered"] = "full"
     # eager (the released code's attention) or sdpa (fused kernels).
     attention: Literal["eager", "sdpa"] = "sdpa"
+    # reg: the paper's box regressor on [REG]. dense: every patch regresses the box of the
+    # object it lies on and the alignment map picks the patch (needs the alignment loss on);
+    # it learns in far fewer samples, which the tiny CPU model needs (README, "learning").
+    box_head: Literal["reg", "dense"] = "reg"
 
     def __post_init__(self) -> None:
         _require(bool(self.clip), "model.clip", "an open_clip model name", self.clip)

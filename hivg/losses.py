@@ -58,7 +58,13 @@ class HiVGCriterion(nn.Module):
         """outputs: the model's dict; targets: `box` (B, 4) cxcywh on the canvas in [0, 1],
         `pad_mask` (B, S, S). Returns `loss` (weighted sum) and each active term (unweighted)."""
         w = self.weights
-        pred, gt = outputs["pred_boxes"].float(), targets["box"].float()
+        gt = targets["box"].float()
+        pred = outputs["pred_boxes"].float()
+        if "dense_boxes" in outputs:  # train the box of the patch under the target's centre
+            dense = outputs["dense_boxes"].float()
+            grid = int(round(dense.shape[1] ** 0.5))
+            cell = (gt[:, :2] * grid).long().clamp(0, grid - 1)
+            pred = dense[torch.arange(len(gt), device=gt.device), cell[:, 1] * grid + cell[:, 0]]
         terms: dict[str, Tensor] = {}
         if w["l1"] > 0:
             terms["l1"] = F.l1_loss(pred, gt, reduction="none").sum(-1).mean()

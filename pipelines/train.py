@@ -3,6 +3,8 @@
     python pipelines/train.py                         # tiny model on the synthetic benchmark
     python pipelines/train.py --config hivg/configs/hivg-b16.yaml model.weights=PATH data.dataset=refcoco
     python pipelines/train.py --name my-run --resume  # continue an interrupted run
+    python pipelines/train.py --workers 2             # the same run on 2 Ray Train workers
+    python pipelines/train.py --workers 8 --gpus-per-worker 1 --address auto --storage /shared/runs
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from hivg.cli import default_run_name, resolve_config, run_main, with_storage_defaults
 from hivg.config import preset_names
+from hivg.errors import UserError
 
 
 def parse_args() -> argparse.Namespace:
@@ -23,18 +26,38 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--name", help="run name (default: derived from the config)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    ray = p.add_argument_group("Ray Train (without --workers: a plain local run)")
+    ray.add_argument("--workers", type=int, help="number of Ray Train workers (DDP)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0)
+    ray.add_argument("--cpus-per-worker", type=float, default=1.0)
+    ray.add_argument("--address", help="auto or HOST:PORT of a running Ray cluster "
+                     "(default: start a local one)")
+    ray.add_argument("--max-failures", type=int, default=0,
+                     help="restart the worker group this many times after a worker dies")
+    ml = p.add_argument_group("MLflow")
+    ml.add_argument("--mlflow-uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                    "sqlite:///{storage}/mlflow.db)")
+    ml.add_argument("--experiment", help="MLflow experiment (default: the preset name)")
+    ml.add_argument("--log-model", action="store_true", help="log the best checkpoint")
+    ml.add_argument("--no-mlflow", action="store_true", help="record nothing in MLflow")
+    ml.add_argument("--no-stage-cache", action="store_true",
+                    help="train every stage even when the stage cache has it")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.weight_decay=0.01")
     return p.parse_args()
 
 
 def main() -> int:
     args = parse_args()
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
     storage = Path(args.storage)
     config = with_storage_defaults(resolve_config(args.config, args.preset, args.overrides), storage)
 
     from hivg.data.manifest import list_splits
     from hivg.data.prepare import ensure_synthetic
-    from hivg.train.fit import fit, preflight
+    from hivg.orchestration.run import DistributedOptions, TrackingOptions, run_training
+    from hivg.train.fit import preflight
+    from hivg.train.stage_cache import StageCache
     from hivg.train.pretrain import resolve_weights
 
     if config.data.dataset == "synthetic" and not list_splits(config.data.data_dir, "synthetic"):
@@ -44,9 +67,19 @@ def main() -> int:
     name = args.name or default_run_name(config)
     run_dir = storage / name
     print(f"run: {run_dir}")
-    summary = fit(config, run_dir, resume=args.resume, show_progress=not args.quiet)
+    summary = run_training(
+        config, storage, run_dir, resume=args.resume, show_progress=not args.quiet,
+        tracking=TrackingOptions(enabled=not args.no_mlflow, uri=args.mlflow_uri,
+                                 experiment=args.experiment, log_model=args.log_model),
+        distributed=DistributedOptions(workers=args.workers,
+                                       gpus_per_worker=args.gpus_per_worker,
+                                       cpus_per_worker=args.cpus_per_worker,
+                                       address=args.address, max_failures=args.max_failures),
+        stage_cache=None if args.no_stage_cache else StageCache.for_storage(storage, log=print))
     print_summary(summary, Path(config.data.data_dir) / config.data.dataset)
     print(f"results: {run_dir}")
+    if summary.get("mlflow_ui"):
+        print(f"compare runs: {summary['mlflow_ui']}")
     return 0
 
 

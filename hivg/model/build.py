@@ -45,6 +45,7 @@ def build_model(config: Config) -> HiVG:
         align=loss.use_align,
         seg=loss.use_seg,
         seg_tapered=m.seg_head == "tapered",
+        box_head=m.box_head,
     )
     model.clip.requires_grad_(False)
     return model
@@ -70,6 +71,9 @@ def validate(config: Config, clip) -> None:
             f"layers < {vdepth} (the vision encoder's depth)", layers)
     require(all(t <= tdepth for t in m.bridge.text_levels), "model.bridge.text_levels",
             f"1-based levels <= {tdepth} (the text encoder's depth)", m.bridge.text_levels)
+    require(m.box_head != "dense" or config.loss.use_align, "model.box_head",
+            "reg when the alignment loss is off (dense picks its box with the alignment map)",
+            m.box_head)
     vl_dim = m.vl_encoder.dim or bb.embed_dim(clip)
     require(vl_dim % m.vl_encoder.heads == 0, "model.vl_encoder.heads",
             f"a divisor of the VL width {vl_dim}", m.vl_encoder.heads)

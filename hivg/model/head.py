@@ -25,6 +25,30 @@ class MLP(nn.Module):
         return x
 
 
+class DenseBoxHead(nn.Module):
+    """Every patch regresses the box of the object under it (FCOS/CenterNet style): centre as
+    an offset of at most two cells from the patch centre, size as a sigmoid of the canvas.
+    Dense supervision is translation-equivariant, so it needs far fewer samples than one
+    global regression from [REG]."""
+
+    def __init__(self, dim: int, layers: int, grid: int):
+        super().__init__()
+        self.mlp = MLP(dim, dim, 4, layers)
+        with torch.no_grad():  # start at the patch centre with an object-sized box
+            self.mlp.layers[-1].weight.mul_(0.1)
+            self.mlp.layers[-1].bias.copy_(torch.tensor([0.0, 0.0, -1.7, -1.7]))
+        self.grid = grid
+        centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+        self.register_buffer("centres", torch.stack([cx.flatten(), cy.flatten()], -1),
+                             persistent=False)
+
+    def forward(self, patches: Tensor) -> Tensor:
+        raw = self.mlp(patches).float()
+        centre = self.centres + raw[..., :2].tanh() * (2.0 / self.grid)
+        return torch.cat([centre, raw[..., 2:].sigmoid()], dim=-1)
+
+
 class AlignHead(nn.Module):
     """Patch tokens -> LayerNorm + MLP, dotted with the phrase vector: (B, N) logits."""
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from hivg.model import backbone as bb
 from hivg.model.bridge import BridgeLayer
-from hivg.model.head import MLP, AlignHead, SegHead
+from hivg.model.head import MLP, AlignHead, DenseBoxHead, SegHead
 from hivg.model.vl_encoder import VLEncoder
 
 
@@ -27,7 +27,7 @@ class HiVG(nn.Module):
                  adaptive_weights: bool, context_length: int, vl_dim: int, vl_layers: int,
                  vl_heads: int, vl_ffn_dim: int, vl_dropout: float, head_layers: int,
                  attention: str = "sdpa", contrastive: bool = True, align: bool = True,
-                 seg: bool = True, seg_tapered: bool = False):
+                 seg: bool = True, seg_tapered: bool = False, box_head: str = "reg"):
         """clip: from backbone.create_clip (weights already loaded). taps: 0-based vision layers
         fused into the visual tokens; with bridge=True each also gets a BridgeLayer.
         text_levels: 1-based text layers whose outputs are the bridge's keys/values."""
@@ -59,7 +59,10 @@ class HiVG(nn.Module):
         self.reg_token = nn.Parameter(torch.randn(1, 1, vl_dim))
         self.vl_pos = nn.Parameter(torch.randn(n_tokens, vl_dim))
         self.vl_encoder = VLEncoder(vl_dim, vl_layers, vl_heads, vl_ffn_dim, vl_dropout, attention)
-        self.box_head = MLP(vl_dim, vl_dim, 4, head_layers)
+        # reg: one box from [REG]. dense: a box per patch, chosen by the alignment map.
+        self.dense_boxes = box_head == "dense"
+        self.box_head = (DenseBoxHead(vl_dim, head_layers, self.grid) if self.dense_boxes
+                         else MLP(vl_dim, vl_dim, 4, head_layers))
         # 6 x dim hidden: 3072 for HiVG-B (d=512) as released.
         self.align_head = AlignHead(vl_dim, 6 * vl_dim) if align else None
         self.seg_head = SegHead(vl_dim, seg_tapered) if seg else None
@@ -97,7 +100,7 @@ class HiVG(nn.Module):
                              self.patch_padding(pad_mask), text_padding], dim=1)
         out = self.vl_encoder(seq, self.vl_pos.to(seq.dtype), padding)
 
-        outputs = {"pred_boxes": self.box_head(out[:, 0]).sigmoid()}
+        outputs = {} if self.dense_boxes else {"pred_boxes": self.box_head(out[:, 0]).sigmoid()}
         if self.use_contrastive:
             outputs["image_embed"] = bb.project_image(self.clip, x)
             outputs["text_embed"] = text_tokens[batch, eot]
@@ -108,6 +111,10 @@ class HiVG(nn.Module):
                 outputs["align_logits"] = self.align_head(patches, phrase).view(B, self.grid, self.grid)
             if self.use_seg:
                 outputs["seg_logits"] = self.seg_head(patches, self.grid, phrase)
+        if self.dense_boxes:
+            boxes = self.box_head(out[:, 2:2 + N])  # (B, N, 4) cxcywh on the canvas
+            outputs["dense_boxes"] = boxes
+            outputs["pred_boxes"] = boxes[batch, outputs["align_logits"].flatten(1).argmax(1)]
         return outputs
 
     def patch_padding(self, pad_mask: Tensor) -> Tensor:

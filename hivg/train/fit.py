@@ -95,7 +95,10 @@ def preflight(config: Config) -> None:
     weights = config.model.weights
     if weights and not weights.startswith("@") and not Path(weights).is_file():
         raise ConfigError(f"model.weights: file not found: {weights}")
-    build_model(config.replace({"model.weights": None}))
+    # With the weights when they are a file: a checkpoint of another architecture fails here,
+    # before any tracking run or worker starts.
+    build_model(config.replace({"model.weights": None}) if not weights or weights.startswith("@")
+                else config)
 
 
 @dataclass
@@ -128,8 +131,9 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: Path, hooks: TrainHooks | None = None,
                  tracker: Tracker | None = None, log: Callable[[str], None] = print,
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, stage_cache: Any = None) -> None:
         self.config, self.run_dir = config, Path(run_dir)
+        self.stage_cache = stage_cache
         self.hooks = hooks or TrainHooks()
         self.tracker = tracker if (tracker is not None and self.hooks.is_main) else NullTracker()
         self.log = log if self.hooks.is_main else (lambda _msg: None)
@@ -145,6 +149,9 @@ class Trainer:
                           pin_memory=self.s.device.type == "cuda")
 
     def _evaluate(self, split: str, model) -> EvalResult:
+        # The bare module: shards differ in size by one row, and a DDP forward may talk to
+        # the other ranks.
+        model = getattr(model, "module", model)
         part = evaluate(model, self._eval_loader(self.s.eval_sets[split]), self.s.device,
                         amp_dtype=self.s.amp_dtype, canvas_size=self.config.model.image_size,
                         text_blind=self.config.data.text_blind, blind_seed=self.config.seed + 1)
@@ -168,11 +175,20 @@ class Trainer:
         global_epoch = position["global_epoch"] if position else 0
         best: dict[str, Any] = position["best"] if position else {}
 
+        keys = self._stage_keys()
         for k in range(first_stage, len(stages)):
             stage = stages[k]
+            stage_start = time.time()
             resuming_here = position is not None and k == first_stage
             if not resuming_here:
+                # Each stage's random stream depends on (seed, stage) only, so a stage trained
+                # after a cached prefix is the stage an uncached chain trains.
+                seed_everything(self.config.seed + 7919 * k)
                 apply_stage(self.s.model, self.config.hilora, k)
+                cached = self._cached_stage(k, keys)
+                if cached is not None:
+                    global_epoch, best = self._reuse_stage(k, cached, global_epoch)
+                    continue
             lr = scaled_lr(stage.lr, stage.batch_size, world, self.config.optim.scale_lr,
                            self.config.optim.reference_world_size)
             model = self.hooks.wrap_model(self.s.model)
@@ -253,9 +269,67 @@ class Trainer:
             load_model_weights(self.s.model, state["model"], str(self._best_path(stage.name)))
             best = {"stage": stage.name, "stage_index": k, "epoch": stage_best["epoch"],
                     "val/acc50": stage_best["val/acc50"]}
+            self._publish_stage(k, keys, best, global_epoch, time.time() - stage_start)
             position = None
 
         return self._finish(best, global_epoch, time.time() - start_time)
+
+    # -- the stage cache -------------------------------------------------------------------
+    def _stage_keys(self) -> list[str] | None:
+        if self.stage_cache is None:
+            return None
+        from hivg.train.stage_cache import code_fingerprint, data_fingerprint, stage_key
+
+        data_hash = data_fingerprint(self.config.data.data_dir, self.config.data.dataset)
+        code_hash = code_fingerprint()
+        return [stage_key(self.config, k, data_hash, code_hash, self.s.device.type,
+                          self.hooks.world_size) for k in range(len(self.config.hilora.stages))]
+
+    def _cached_stage(self, k: int, keys: list[str] | None):
+        """The cache entry of stage k, decided by rank 0 so every rank agrees."""
+        if keys is None:
+            return None
+        hit = self.stage_cache.lookup(keys[k]) if self.hooks.is_main else None
+        if not self.hooks.gather(hit is not None)[0]:
+            return None
+        if not self.hooks.is_main:
+            hit = self.stage_cache.lookup(keys[k])
+            if hit is None:
+                raise RuntimeError(f"stage cache entry {keys[k]} vanished between ranks")
+        return hit
+
+    def _reuse_stage(self, k: int, cached, global_epoch: int) -> tuple[int, dict[str, Any]]:
+        stage = self.config.hilora.stages[k]
+        state = cached.load(self.s.device)
+        load_model_weights(self.s.model, state["model"], str(cached.checkpoint))
+        if self.hooks.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cached.checkpoint, self._best_path(stage.name))
+            for row in cached.metrics:
+                values = {n: v for n, v in row.items()
+                          if n not in ("stage", "stage_index", "epoch", "global_epoch")}
+                self._record(k, row["epoch"], row["global_epoch"], values)
+        info = cached.info
+        self.log(f"[{stage.name}] reused from the stage cache ({cached.key}): val/acc50 "
+                 f"{info['val/acc50']:.4f} at epoch {info['epoch']}, saved "
+                 f"{info.get('seconds', 0):.0f}s of training")
+        self.hooks.barrier()
+        best = {"stage": stage.name, "stage_index": k, "epoch": info["epoch"],
+                "val/acc50": info["val/acc50"]}
+        return global_epoch + stage.epochs, best
+
+    def _publish_stage(self, k: int, keys: list[str] | None, best: dict[str, Any],
+                       global_epoch: int, seconds: float) -> None:
+        if keys is None or not self.hooks.is_main:
+            return
+        from hivg.train.stage_cache import StageCacheError
+
+        rows = [r for r in self.metrics.records() if r["stage_index"] == k]
+        try:
+            self.stage_cache.publish(keys[k], self._best_path(best["stage"]), rows,
+                                     {**best, "seconds": seconds, "global_epoch": global_epoch})
+        except (StageCacheError, OSError) as e:  # the run itself is fine; only sharing failed
+            self.log(f"warning: stage {best['stage']} not published to the stage cache: {e}")
 
     # -- pieces --------------------------------------------------------------------------
     def _best_path(self, stage_name: str) -> Path:
@@ -349,9 +423,12 @@ class Trainer:
 
 def fit(config: Config, run_dir: Path, hooks: TrainHooks | None = None,
         tracker: Tracker | None = None, resume: bool = False,
-        log: Callable[[str], None] = print, show_progress: bool = True) -> dict[str, Any]:
-    """Train every HiLoRA stage of `config` into `run_dir`; return the summary."""
-    return Trainer(config, run_dir, hooks, tracker, log, show_progress).run(resume=resume)
+        log: Callable[[str], None] = print, show_progress: bool = True,
+        stage_cache: Any = None) -> dict[str, Any]:
+    """Train every HiLoRA stage of `config` into `run_dir`; return the summary.
+    `stage_cache` (a hivg.train.stage_cache.StageCache) reuses finished stages."""
+    return Trainer(config, run_dir, hooks, tracker, log, show_progress,
+                   stage_cache).run(resume=resume)
 
 
 __all__ = ["fit", "Trainer", "NonFiniteLossError", "setup", "preflight", "flatten"]

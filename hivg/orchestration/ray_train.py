@@ -1,0 +1,245 @@
+"""One HiVG run spread over Ray Train workers (Ray 2.60, Train V2).
+
+The worker function runs the same `hivg.train.fit` as a local run; Ray enters only through
+`RayHooks` (DDP model, distributed sampler, exact sharded evaluation, report). The driver
+owns the run folder's creation and the MLflow run's lifecycle; rank 0 writes the folder.
+
+Failure handling: every epoch rank 0 writes `last.pt` into the run folder and reports a
+small pointer checkpoint to Ray. When a worker dies, Ray restarts the group (up to
+`max_failures` times) and the worker function resumes from `last.pt`: `metrics.jsonl`
+is truncated to that position first, so no epoch is logged twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from hivg.config import Config
+from hivg.errors import UserError
+from hivg.train.hooks import Tracker, TrainHooks
+
+
+@dataclass(frozen=True)
+class RayResources:
+    workers: int
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class RayHooks(TrainHooks):
+    """TrainHooks inside a Ray Train worker: DDP over the process group Ray set up."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self._ray_train = ray.train
+
+    def device(self, requested: str) -> torch.device:
+        if requested == "cpu":
+            return torch.device("cpu")
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        ids = [device.index] if device.type == "cuda" else None
+        # Every trainable parameter takes part in the loss (heads exist only for active
+        # losses), so no unused-parameter search.
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+
+    def train_sampler(self, dataset: Dataset, seed: int) -> Sampler[int]:
+        return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
+                                  shuffle=True, seed=seed, drop_last=True)
+
+    def eval_indices(self, size: int) -> Sequence[int]:
+        # A strided shard without padding: every row is evaluated exactly once overall.
+        return range(self.rank, size, self.world_size)
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_reduce_mean(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        # Every rank reports (Ray expects it); only rank 0 attaches a checkpoint: a pointer
+        # to the run folder's last.pt, which stays the one copy of the weights.
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        if self.rank == 0 and checkpoint is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "pointer.json").write_text(json.dumps(
+                    {"last": str(checkpoint), "global_epoch": metrics.get("global_epoch")}))
+                self._ray_train.report(scalars, checkpoint=self._ray_train.Checkpoint
+                                       .from_directory(tmp))
+        else:
+            self._ray_train.report(scalars, checkpoint=None)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker."""
+    from hivg.train.fit import fit
+
+    threads = loop_config.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    config = Config.from_dict(loop_config["config"])
+    hooks = RayHooks()
+    tracker = loop_config.get("tracker") if hooks.rank == 0 else None
+    if hooks.rank == 0 and loop_config.get("timing"):
+        print(f"[timing] worker start {time.time():.3f}", flush=True)
+    # The driver created the run folder; resuming is always safe here: with no last.pt the
+    # trainer starts from scratch, otherwise it continues where the last attempt stopped.
+    fit(config, Path(loop_config["run_dir"]), hooks=hooks, tracker=tracker, resume=True,
+        show_progress=False, stage_cache=loop_config.get("stage_cache"))
+
+
+def check_resources(resources: RayResources) -> None:
+    """Exit-2 error when the cluster cannot hold the requested workers."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    need_cpu = resources.workers * resources.cpus_per_worker
+    need_gpu = resources.workers * resources.gpus_per_worker
+    if need_gpu > gpus:
+        raise UserError(f"--workers {resources.workers} x --gpus-per-worker "
+                        f"{resources.gpus_per_worker:g}: asked for {need_gpu:g} GPUs, the "
+                        f"cluster has {gpus:g}")
+    if need_cpu > cpus:
+        raise UserError(f"--workers {resources.workers}: asked for {need_cpu:g} CPUs "
+                        f"({resources.cpus_per_worker:g} per worker), the cluster has {cpus:g}")
+
+
+def check_shared_storage(storage: Path) -> None:
+    """On a multi-node cluster, every node must see the storage folder (the run folder is
+    written by rank 0, which may live on any node). Checked for real: a marker file the
+    driver writes must be visible from a task on every node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    storage.mkdir(parents=True, exist_ok=True)
+    marker = storage.resolve() / f".shared-check-{uuid.uuid4().hex}"
+    marker.write_text("ok")
+    try:
+        @ray.remote(num_cpus=0)
+        def sees(path: str) -> bool:
+            return os.path.exists(path)
+
+        checks = {n["NodeManagerAddress"]: sees.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(str(marker)) for n in nodes}
+        blind = [addr for addr, ref in checks.items() if not ray.get(ref, timeout=60)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UserError(f"--storage {storage}: not shared: node(s) {', '.join(blind)} cannot "
+                        "see it; use a path every node mounts (or s3://)")
+
+
+def connect(address: str | None, num_cpus: float | None = None, log: Callable[[str], None] = print
+            ) -> None:
+    """ray.init once: `auto` or HOST:PORT joins a cluster; None starts a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address and address not in ("auto", "local") and not address.startswith("ray://"):
+        _check_tcp(address)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=None, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--address {address}: cannot connect to a Ray cluster: {first}") from None
+    log(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, "
+        f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
+
+
+def _check_tcp(address: str, timeout: float = 3.0) -> None:
+    """ray.init retries an unreachable GCS for minutes; answer in seconds instead."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected auto or HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"--address {address}: no Ray cluster reachable there "
+                        f"({e.strerror or e})") from None
+
+
+def train_on_ray(config: Config, run_dir: Path, resources: RayResources, *,
+                 max_failures: int = 0, tracker: Tracker | None = None,
+                 stage_cache: Any = None, ray_storage: Path | None = None,
+                 timing: bool = False) -> dict[str, Any]:
+    """Fit `config` on `resources.workers` Ray Train workers; the run folder must already
+    hold config.yaml (the driver prepares it). Returns the run's summary."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    run_dir = Path(run_dir).resolve()
+    loop_config = {"config": config.to_dict(), "run_dir": str(run_dir), "tracker": tracker,
+                   "threads": max(1, int(resources.cpus_per_worker)), "timing": timing,
+                   "stage_cache": stage_cache}
+    resources_per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.use_gpu:
+        resources_per_worker["GPU"] = resources.gpus_per_worker
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=resources.use_gpu,
+                                     resources_per_worker=resources_per_worker),
+        run_config=RunConfig(
+            # Named from the run, never a timestamp, so a restarted driver finds its state.
+            name=run_dir.name,
+            storage_path=str((ray_storage or run_dir.parent / ".ray-train").resolve()),
+            failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    trainer.fit()
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+__all__ = ["RayHooks", "RayResources", "train_on_ray", "check_resources",
+           "check_shared_storage", "connect"]
