@@ -112,3 +112,19 @@ def test_box_terms_by_hand():
     want = tvo.generalized_box_iou_loss(tvo.box_convert(p, "cxcywh", "xyxy"),
                                         tvo.box_convert(t, "cxcywh", "xyxy"), reduction="mean")
     torch.testing.assert_close(losses["giou"], want)
+
+
+def test_dense_boxes_are_trained_at_the_patch_under_the_target_centre():
+    grid, B = 4, 2
+    gt = torch.tensor([[0.30, 0.60, 0.2, 0.1], [0.90, 0.10, 0.1, 0.1]])
+    dense = torch.rand(B, grid * grid, 4)
+    cells = [int(0.60 * grid) * grid + int(0.30 * grid), int(0.10 * grid) * grid + int(0.90 * grid)]
+    for b, c in enumerate(cells):
+        dense[b, c] = gt[b]
+    crit = build_criterion(LossConfig(contrastive=0, align_focal=0, align_dice=0, seg_focal=0,
+                                      seg_dice=0))
+    out = crit({"pred_boxes": torch.rand(B, 4), "dense_boxes": dense}, {"box": gt})
+    assert out["l1"].item() == pytest.approx(0, abs=1e-6)
+    assert out["giou"].item() == pytest.approx(0, abs=1e-6)
+    dense[0, cells[0], 0] += 0.1
+    assert crit({"pred_boxes": gt, "dense_boxes": dense}, {"box": gt})["l1"].item() > 0.04

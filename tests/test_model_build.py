@@ -67,6 +67,8 @@ def test_padded_patches_are_masked_only_where_fully_padded():
     ({"model.context_length": 77}, "model.context_length: expected at most 24"),
     ({"model.clip": "ViT-Nope"}, "model.clip: expected an open_clip model name"),
     ({"model.vl_encoder.heads": 3}, "model.vl_encoder.dim: expected a positive multiple of heads=3"),
+    ({"loss.align_focal": 0, "loss.align_dice": 0},
+     "model.box_head: expected reg when the alignment loss is off"),
 ])
 def test_config_is_validated_against_the_encoders(override, message):
     with pytest.raises(ConfigError) as e:
@@ -77,10 +79,12 @@ def test_config_is_validated_against_the_encoders(override, message):
 SWITCHES = {
     "all": {},
     "no_contrastive": {"loss.contrastive": 0},
-    "no_align": {"loss.align_focal": 0, "loss.align_dice": 0},
+    # the dense box head picks its box with the alignment map: no alignment, [REG] boxes
+    "no_align": {"loss.align_focal": 0, "loss.align_dice": 0, "model.box_head": "reg"},
+    "reg_box_head": {"model.box_head": "reg"},
     "no_seg": {"loss.seg_focal": 0, "loss.seg_dice": 0},
     "box_only": {"loss.contrastive": 0, "loss.align_focal": 0, "loss.align_dice": 0,
-                 "loss.seg_focal": 0, "loss.seg_dice": 0},
+                 "loss.seg_focal": 0, "loss.seg_dice": 0, "model.box_head": "reg"},
     "l1_only_dice_only": {"loss.giou": 0, "loss.align_focal": 0, "loss.seg_focal": 0},
     "full_width_seg_head": {"model.seg_head": "full"},
     "no_bridge": {"model.bridge.enabled": False},
@@ -119,3 +123,22 @@ def test_every_trainable_parameter_gets_a_gradient(variant, stage):
     weights = {k: getattr(loss, k) for k in ("l1", "giou", "contrastive", "align_focal",
                                              "align_dice", "seg_focal", "seg_dice")}
     assert terms == {k for k, w in weights.items() if w > 0}
+
+
+def test_dense_box_head_returns_the_box_of_the_patch_the_alignment_map_picks():
+    cfg = load_preset("tiny").replace({"model.weights": None, "model.box_head": "dense"})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    (x, _targets) = inputs()
+    with torch.no_grad():
+        out = model(*x)
+    B, N, _ = out["dense_boxes"].shape
+    assert N == model.grid ** 2
+    pick = out["align_logits"].flatten(1).argmax(1)
+    assert torch.equal(out["pred_boxes"], out["dense_boxes"][torch.arange(B), pick])
+    # Each patch's box centre stays within two cells of the patch centre.
+    G = model.grid
+    centres = torch.stack(torch.meshgrid((torch.arange(G) + 0.5) / G, (torch.arange(G) + 0.5) / G,
+                                         indexing="ij")[::-1], -1).reshape(-1, 2)
+    assert ((out["dense_boxes"][..., :2] - centres).abs() <= 2 / G + 1e-6).all()
+    assert ((out["dense_boxes"] >= 0) & (out["dense_boxes"] <= 1)).all()

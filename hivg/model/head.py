@@ -45,7 +45,7 @@ class DenseBoxHead(nn.Module):
 
     def forward(self, patches: Tensor) -> Tensor:
         raw = self.mlp(patches).float()
-        centre = self.centres + raw[..., :2].tanh() * (2.0 / self.grid)
+        centre = (self.centres + raw[..., :2].tanh() * (2.0 / self.grid)).clamp(0, 1)
         return torch.cat([centre, raw[..., 2:].sigmoid()], dim=-1)
 
 

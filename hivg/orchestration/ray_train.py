@@ -43,9 +43,10 @@ class RayResources:
 class RayHooks(TrainHooks):
     """TrainHooks inside a Ray Train worker: DDP over the process group Ray set up."""
 
-    def __init__(self) -> None:
+    def __init__(self, timing_file: str | None = None) -> None:
         import ray.train
 
+        self.timing_file = timing_file
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self._ray_train = ray.train
@@ -109,19 +110,31 @@ class RayHooks(TrainHooks):
         if self.world_size > 1:
             dist.barrier()
 
+    def mark(self, event: str) -> None:
+        if self.timing_file and self.rank == 0:
+            _append_mark(self.timing_file, event)
+
+
+def _append_mark(path: str, event: str) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps({"event": event, "time": time.time()}) + "\n")
+
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker."""
+    timing = loop_config.get("timing")
+    if timing:
+        _append_mark(timing, "worker_started")
     from hivg.train.fit import fit
 
+    if timing:
+        _append_mark(timing, "imports_done")
     threads = loop_config.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
     config = Config.from_dict(loop_config["config"])
-    hooks = RayHooks()
+    hooks = RayHooks(timing)
     tracker = loop_config.get("tracker") if hooks.rank == 0 else None
-    if hooks.rank == 0 and loop_config.get("timing"):
-        print(f"[timing] worker start {time.time():.3f}", flush=True)
     # The driver created the run folder; resuming is always safe here: with no last.pt the
     # trainer starts from scratch, otherwise it continues where the last attempt stopped.
     fit(config, Path(loop_config["run_dir"]), hooks=hooks, tracker=tracker, resume=True,
@@ -212,9 +225,10 @@ def _check_tcp(address: str, timeout: float = 3.0) -> None:
 def train_on_ray(config: Config, run_dir: Path, resources: RayResources, *,
                  max_failures: int = 0, tracker: Tracker | None = None,
                  stage_cache: Any = None, ray_storage: Path | None = None,
-                 timing: bool = False) -> dict[str, Any]:
+                 timing: str | None = None) -> dict[str, Any]:
     """Fit `config` on `resources.workers` Ray Train workers; the run folder must already
-    hold config.yaml (the driver prepares it). Returns the run's summary."""
+    hold config.yaml (the driver prepares it). Returns the run's summary. `timing`: a file
+    that collects start-up milestones (benchmarks)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

@@ -167,6 +167,7 @@ class Trainer:
         start_time = time.time()
         self._prepare_run_dir(resume)
         self.s = setup(self.config, self.hooks)
+        self.hooks.mark("setup_done")
         stages = self.config.hilora.stages
         world = self.hooks.world_size
         self.tracker.log_params(flatten(self.config.to_dict()))
@@ -226,6 +227,8 @@ class Trainer:
 
             for epoch in range(first_epoch, stage.epochs + 1):
                 global_epoch += 1
+                if epoch == first_epoch:
+                    self.hooks.mark("first_epoch")
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(global_epoch)
                 if hasattr(self.s.train_set, "set_epoch"):

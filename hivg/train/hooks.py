@@ -96,3 +96,6 @@ class TrainHooks:
 
     def barrier(self) -> None:
         pass
+
+    def mark(self, event: str) -> None:
+        """A start-up milestone (`setup_done`, `first_epoch`); benchmarks time them."""
