@@ -225,7 +225,7 @@ def _check_tcp(address: str, timeout: float = 3.0) -> None:
 def train_on_ray(config: Config, run_dir: Path, resources: RayResources, *,
                  max_failures: int = 0, tracker: Tracker | None = None,
                  stage_cache: Any = None, ray_storage: Path | None = None,
-                 timing: str | None = None) -> dict[str, Any]:
+                 timing: str | None = None, callbacks: list | None = None) -> dict[str, Any]:
     """Fit `config` on `resources.workers` Ray Train workers; the run folder must already
     hold config.yaml (the driver prepares it). Returns the run's summary. `timing`: a file
     that collects start-up milestones (benchmarks)."""
@@ -249,7 +249,8 @@ def train_on_ray(config: Config, run_dir: Path, resources: RayResources, *,
             # Named from the run, never a timestamp, so a restarted driver finds its state.
             name=run_dir.name,
             storage_path=str((ray_storage or run_dir.parent / ".ray-train").resolve()),
-            failure_config=FailureConfig(max_failures=max_failures)),
+            failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=callbacks),
     )
     trainer.fit()
     return json.loads((run_dir / "summary.json").read_text())

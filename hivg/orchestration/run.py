@@ -105,10 +105,13 @@ def run_training(config: Config, storage: Path, run_dir: Path, *, resume: bool =
                  tracking: TrackingOptions | None = None,
                  distributed: DistributedOptions | None = None,
                  stage_cache: Any = None, show_progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 log: Callable[[str], None] = print, hooks: Any = None,
+                 ray_callbacks: list | None = None) -> dict[str, Any]:
     """Train `config` into `run_dir`, locally or on Ray, tracked in MLflow; return the summary.
 
-    The MLflow run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C / SIGTERM)."""
+    The MLflow run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C / SIGTERM).
+    `hooks`: TrainHooks for a local run (a Tune trial reports through them);
+    `ray_callbacks`: Ray Train callbacks (a Tune trial passes TuneReportCallback)."""
     tracking = tracking or TrackingOptions()
     distributed = distributed or DistributedOptions()
     on_ray = distributed.workers is not None
@@ -144,11 +147,12 @@ def run_training(config: Config, storage: Path, run_dir: Path, *, resume: bool =
                                              max_failures=distributed.max_failures,
                                              tracker=tracker if uri else None,
                                              stage_cache=stage_cache,
-                                             ray_storage=_ray_storage(storage))
+                                             ray_storage=_ray_storage(storage),
+                                             callbacks=ray_callbacks)
         else:
             from hivg.train.fit import fit
 
-            summary = fit(config, run_dir, tracker=tracker, resume=True,
+            summary = fit(config, run_dir, hooks=hooks, tracker=tracker, resume=True,
                           show_progress=show_progress, log=log, stage_cache=stage_cache)
         log_run_artifacts(tracker, run_dir, tracking.log_model)
     if uri:

@@ -1,0 +1,120 @@
+"""Studies on a real local Ray Tune with real MLflow (sqlite): variants as a grid, a space
+with Optuna TPE + ASHA, deterministic run identity, only validation metrics reaching Tune."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+mlflow = pytest.importorskip("mlflow")
+
+from hivg.orchestration.search_space import load_study  # noqa: E402
+from hivg.orchestration.tune import StudyOptions, run_study  # noqa: E402
+
+SHORT = """
+overrides:
+  data.max_train_samples: 32
+  data.max_eval_samples: 20
+  data.num_workers: 0
+  model.weights: null
+  hilora.stages.stage0.epochs: {e0}
+  hilora.stages.stage0.batch_size: 8
+  hilora.stages.stage1.epochs: 0
+  hilora.stages.stage2.epochs: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    temp = tmp_path_factory.mktemp("ray")
+    ray.init(num_cpus=3, include_dashboard=True, _temp_dir=str(temp),
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def write_study(tmp_path: Path, data_dir: Path, body: str, e0: int = 1) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(f"base: tiny\ndatasets: [synthetic]\n"
+                    + SHORT.format(e0=e0).replace("overrides:\n",
+                                                  f"overrides:\n  data.data_dir: {data_dir}\n")
+                    + body)
+    return path
+
+
+def tune_results(study_dir: Path) -> list[dict]:
+    rows = []
+    for path in (study_dir / "tune").glob("**/result.json"):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def runs_of(uri: str, experiment: str):
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id])
+
+
+@pytest.mark.slow
+def test_variant_study_runs_every_trial_once_into_mlflow(local_ray, synthetic_storage, tmp_path):
+    path = write_study(tmp_path, synthetic_storage / "data", """
+seeds: [13]
+resources: {workers: 1, cpus_per_worker: 1}
+variants:
+  baseline: {}
+  no-bridge: {model.bridge.enabled: false}
+""")
+    study = load_study(path)
+    storage = tmp_path / "storage"
+    uri = f"sqlite:///{storage.resolve()}/mlflow.db"
+    options = StudyOptions(name="mini", workers_per_trial=0, mlflow_uri=uri)
+    table = run_study(study, storage, options, log=lambda _m: None)
+    assert [(r["variant"], r["dataset"], r["seeds"]) for r in table["rows"]] == \
+        [("baseline", "synthetic", 1), ("no-bridge", "synthetic", 1)]
+    assert all(0 <= r["test/acc50"] <= 1 for r in table["rows"])
+
+    # Only validation metrics reached Tune; the test split stayed in the run folders.
+    results = tune_results(storage / "mini")
+    assert results and not any(k.startswith("test") for r in results for k in r)
+    assert {"val/acc50", "global_epoch"} <= set(results[0])
+
+    runs = runs_of(uri, "mini")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.data.tags["variant"] for r in children} == {"baseline", "no-bridge"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags["trial_id"] for r in children)
+
+    # The same study into the same storage: no new runs, nothing retrained.
+    again = run_study(study, storage, options, log=lambda _m: None)
+    assert len(runs_of(uri, "mini")) == 3
+    assert [r["test/acc50"] for r in again["rows"]] == [r["test/acc50"] for r in table["rows"]]
+
+
+@pytest.mark.slow
+def test_space_study_with_tpe_and_asha_on_our_epoch_counter(local_ray, synthetic_storage,
+                                                            tmp_path):
+    path = write_study(tmp_path, synthetic_storage / "data", """
+num_samples: 3
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+space:
+  hilora.stages.stage0.lr: {choice: [1.0e-3, 1.0e-6]}
+  model.bridge.adaptive_weights: {choice: [true, false]}
+""", e0=2)
+    study = load_study(path)
+    storage = tmp_path / "storage"
+    uri = f"sqlite:///{storage.resolve()}/mlflow.db"
+    table = run_study(study, storage, StudyOptions(name="space", workers_per_trial=0,
+                                                   mlflow_uri=uri), log=lambda _m: None)
+    results = tune_results(storage / "space")
+    trials = {r["trial_id"] for r in results}
+    assert len(trials) == 3
+    assert not any(k.startswith("test") for r in results for k in r)
+    assert max(r["global_epoch"] for r in results) == 2
+    # No MLflow run is left RUNNING, early-stopped or not.
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs_of(uri, "space"))
+    assert table["rows"]
