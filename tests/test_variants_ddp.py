@@ -31,7 +31,7 @@ def _make_batch(config, size: int, rank: int):
     return (image, pad, tokens), {"box": box, "pad_mask": pad}
 
 
-def _worker(rank: int, world: int, port: int, configs: list, stages_to_run: list) -> None:
+def _worker(rank: int, world: int, port: int, configs: list) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -43,27 +43,32 @@ def _worker(rank: int, world: int, port: int, configs: list, stages_to_run: list
     from hivg.model.lora import apply_stage
 
     try:
-        for config_dict, stage in zip(configs, stages_to_run):
+        for config_dict in configs:
             config = Config.from_dict(config_dict)
             torch.manual_seed(0)
             model = build_model(config).train()
-            apply_stage(model, config.hilora, stage)
-            with torch.no_grad():  # LoRA B starts at 0: give it a value so A gets gradients
-                for name, p in model.named_parameters():
-                    if name.endswith(".B"):
-                        p.normal_(0, 0.01)
-            ddp = DistributedDataParallel(model, find_unused_parameters=False)
             criterion = build_criterion(config.loss)
-            params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.SGD(params, lr=1e-3)
-            for _step in range(2):
-                x, targets = _make_batch(config, 1, rank)
-                loss = criterion(ddp(*x), targets)["loss"]
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-            assert not missing, f"{config.variant} stage {stage}: no gradient for {missing[:3]}"
+            # Stage 0 (bridge and heads) and the last stage (every adapter created so far).
+            for stage in sorted({0, len(config.hilora.stages) - 1}):
+                apply_stage(model, config.hilora, stage)
+                with torch.no_grad():  # LoRA B starts at 0: give it a value so A gets gradients
+                    for name, p in model.named_parameters():
+                        if name.endswith(".B"):
+                            p.normal_(0, 0.01)
+                ddp = DistributedDataParallel(model, find_unused_parameters=False)
+                params = [p for p in model.parameters() if p.requires_grad]
+                opt = torch.optim.SGD(params, lr=1e-3)
+                for p in params:
+                    p.grad = None
+                for _step in range(2):
+                    x, targets = _make_batch(config, 1, rank)
+                    loss = criterion(ddp(*x), targets)["loss"]
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                missing = [n for n, p in model.named_parameters()
+                           if p.requires_grad and p.grad is None]
+                assert not missing, f"{config.variant} stage {stage}: no gradient for {missing[:3]}"
     finally:
         dist.destroy_process_group()
 
@@ -81,14 +86,8 @@ def _free_port() -> int:
 def test_every_shipped_variant_takes_ddp_steps_without_unused_parameter_search(study_path):
     study = load_study(study_path)
     dataset = study.datasets[0]
-    configs, stages = [], []
-    for trial in variant_trials(study):
-        if trial.dataset != dataset or trial.seed != study.seeds[0]:
-            continue
-        config = config_for(study, trial.overrides, dataset, trial.seed, trial.variant)
-        config = config.replace({"model.weights": None})
-        for stage in sorted({0, len(config.hilora.stages) - 1}):
-            configs.append(config.to_dict())
-            stages.append(stage)
-    assert configs
-    mp.spawn(_worker, args=(2, _free_port(), configs, stages), nprocs=2, join=True)
+    configs = [config_for(study, t.overrides, dataset, t.seed, t.variant)
+               .replace({"model.weights": None}).to_dict()
+               for t in variant_trials(study) if t.dataset == dataset and t.seed == study.seeds[0]]
+    assert len(configs) == len(study.variants)
+    mp.spawn(_worker, args=(2, _free_port(), configs), nprocs=2, join=True)
