@@ -118,3 +118,27 @@ space:
     # No MLflow run is left RUNNING, early-stopped or not.
     assert all(r.info.status in ("FINISHED", "KILLED") for r in runs_of(uri, "space"))
     assert table["rows"]
+
+
+@pytest.mark.parametrize("script, body, message", [
+    ("sweep.py", "base: tiny\nspace:\n  optim.nope: {choice: [1, 2]}\n", "space.optim.nope"),
+    ("sweep.py", "base: tiny\nvariants:\n  baseline: {}\n", "run it with pipelines/ablate.py"),
+    ("ablate.py", "base: tiny\nspace:\n  optim.weight_decay: {choice: [0.1]}\n",
+     "run it with pipelines/sweep.py"),
+    ("ablate.py", "base: tiny\nvariants:\n  baseline: {hilora.stages.stage1.rank: 0}\n",
+     "rank"),
+])
+def test_bad_study_files_fail_before_ray_starts(tmp_path, script, body, message):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "pipelines" / script), str(path),
+                             "--storage", str(tmp_path / "s")], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], result.stderr
+    assert not (tmp_path / "s").exists()
