@@ -20,7 +20,7 @@ def test_stats_count_parameters_per_stage_and_forward_macs():
 
 def test_box_head_macs_match_a_hand_count():
     cfg = load_preset("tiny").replace({"model.weights": None}).replace({"model.attention": "eager", "loss.align_focal": 0,
-                                       "loss.align_dice": 0, "loss.seg_focal": 0, "loss.seg_dice": 0})
+                                       "loss.align_dice": 0, "loss.seg_focal": 0, "loss.seg_dice": 0, "model.box_head": "reg"})
     model = build_model(cfg)
     d = 128  # the tiny VL width; 3-layer MLP d -> d -> d -> 4 on the [REG] token
     assert forward_macs(model, 128, 24)["heads"] == d * d * 2 + d * 4

@@ -54,7 +54,8 @@ def test_demo_is_eight_short_trials_on_the_tiny_model():
     trials = variant_trials(study)
     assert len(trials) == 8 and study.datasets == ["synthetic"] and study.seeds == [13, 14]
     assert study.base.preset == "tiny" and study.base.data.max_train_samples == 3000
-    assert [s.epochs for s in study.base.hilora.stages] == [2, 1, 1]
+    assert [s.epochs for s in study.base.hilora.stages] == [2, 1]
+    assert study.resources.workers == 0  # trials train in their own process
     no_aux = config_for(study, study.variants["no-aux-losses"], "synthetic", 13, "no-aux-losses")
     assert no_aux.model.box_head == "reg" and not no_aux.loss.use_align
 
@@ -163,8 +164,8 @@ BAD = [
           no-align: {loss.align_focal: 0, loss.align_dice: 0}
      """, ["variants.no-align", "model.box_head: expected reg"]),
     ("seeds not integers", GOOD_SPACE + "seeds: [13, x]\n", ["seeds: expected", "integers"]),
-    ("non-positive resources", GOOD_SPACE + "resources: {workers: 0}\n",
-     ["resources.workers: expected an integer >= 1"]),
+    ("negative resources", GOOD_SPACE + "resources: {workers: -1}\n",
+     ["resources.workers: expected an integer >= 0"]),
     ("reserved key", """\
         base: tiny
         space:
