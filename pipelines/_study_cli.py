@@ -58,3 +58,5 @@ def print_results(table: dict, storage: Path) -> None:
           f"{table['wall_time_s']:.0f}s)")
     if table.get("mlflow_ui"):
         print(f"compare runs: {table['mlflow_ui']}")
+    from hivg.orchestration.report import report_after_study
+    report_after_study(table, storage)  # report.md, tables, plots; a failure only warns

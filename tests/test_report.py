@@ -449,3 +449,28 @@ def test_pipeline(ablation, capsys, monkeypatch):
         runpy.run_path(script, run_name="__main__")
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "nope" in err
+
+
+def test_report_after_study_only_warns(tmp_path):
+    lines = []
+    assert rp.report_after_study({"study": "nope"}, tmp_path, log=lines.append) is None
+    assert len(lines) == 1 and lines[0].startswith("warning: no report")
+    assert "pipelines/report.py nope" in lines[0]
+
+
+def test_log_report_to_mlflow_parent_run(ablation, tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from hivg.tracking import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent = MlflowTracker.start(uri, "abl", run_name="study/abl", tags={"study": "abl"},
+                                 run_key="study:abl",
+                                 artifact_location=(tmp_path / "artifacts").as_uri())
+    parent.end("FINISHED")
+    assert rp.log_report_to_study_run(ablation.out, uri, "abl") == parent.run_id
+    names = {Path(f.path).name for f in MlflowClient(uri).list_artifacts(parent.run_id, "report")}
+    assert {"report.md", "table.csv", "table.tex", "bars.png", "pareto.png"} <= names
+    assert rp.study_name_of_run(uri, parent.run_id) == "abl"
+    assert rp.log_report_to_study_run(ablation.out, uri, "other") is None

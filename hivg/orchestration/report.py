@@ -33,12 +33,12 @@ or CPUs per worker on a CPU run (study.yaml's resources); energy (kWh) where a s
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -455,6 +455,7 @@ class ReportTable:
     rows: list[tuple[str, dict[tuple[str, str], Cell]]]
     baseline: Optional[str]
     published: Optional[Published] = None
+    n_boot: int = N_BOOT
 
     @property
     def typical_seeds(self) -> int:
@@ -489,7 +490,7 @@ def compute_table(study: StudyResults, n_boot: int = N_BOOT, seed: int = 0) -> R
                 cell.stat = compare(study.runs(base, dataset), study.runs(variant, dataset),
                                     split, n_boot=n_boot, seed=seed)
     return ReportTable(study=study, columns=columns, rows=rows, baseline=base,
-                       published=published_for(study, columns))
+                       published=published_for(study, columns), n_boot=n_boot)
 
 
 def load_published() -> dict[str, Any]:
@@ -721,7 +722,7 @@ def stats_markdown(table: ReportTable) -> str:
         return "No paired comparisons (one row, or no predictions).\n"
     return ("\n".join(lines) + "\n\n- delta: paired accuracy difference (variant - "
             f"{table.baseline}) in points over the paired expressions; CI: paired bootstrap "
-            f"over expressions ({N_BOOT} resamples unless set otherwise); b / c: pairs the "
+            f"over expressions ({table.n_boot} resamples); b / c: pairs the "
             f"baseline alone / the variant alone got right; McNemar: exact two-sided "
             f"binomial test on b and c.\n")
 
@@ -824,15 +825,9 @@ def _figure(width: float, height: float):
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig = Figure(figsize=(width, height), dpi=110)
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def _layout(fig, top_in: float = 0.45, bottom_in: float = 0.0) -> None:
-    """tight_layout leaving `top_in` inches for the suptitle, `bottom_in` for a legend."""
-    h = fig.get_figheight()
-    fig.tight_layout(rect=(0, min(bottom_in / h, 0.4), 1, 1 - min(top_in / h, 0.3)))
 
 
 def _colors(n: int) -> list:
@@ -899,14 +894,12 @@ def plot_bars(table: ReportTable, path: Path) -> Optional[Path]:
         i = labels.index("paper")
         handles, labels = handles[:i] + handles[i + 1:] + [handles[i]], \
             labels[:i] + labels[i + 1:] + ["paper (published)"]
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8,
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=8,
                frameon=False)
     title = f"{study.name}: acc50 per variant (mean ± std over seeds)"
     if len(table.rows) > len(rows):
         title += f", best {len(rows)} of {len(table.rows)}"
     fig.suptitle(title, fontsize=10)
-    legend_rows = (len(labels) + 4) // 5
-    _layout(fig, 0.4, 0.2 + 0.22 * legend_rows)
     fig.savefig(path)
     return path
 
@@ -929,15 +922,18 @@ def _curve(trials: list[TrialRun], metric: str) -> tuple[np.ndarray, np.ndarray,
 
 
 def _stage_bounds(trial: TrialRun) -> list[tuple[float, str]]:
-    """(global epoch where a stage starts, stage name) for every stage after the first."""
-    bounds, seen = [], set()
+    """(global epoch where a stage starts, stage name) for every stage after the first;
+    stages starting at the same epoch (0-epoch stages) share one boundary, names joined."""
+    bounds: dict[float, list[str]] = {}
+    seen = set()
     for r in trial.metrics:
         k = int(r.get("stage_index", 0))
         if k not in seen:
             seen.add(k)
             if k > 0:
-                bounds.append((float(r.get("global_epoch", 0)), str(r.get("stage", k))))
-    return bounds
+                bounds.setdefault(float(r.get("global_epoch", 0)), []).append(
+                    str(r.get("stage", k)))
+    return [(b, "+".join(names)) for b, names in bounds.items()]
 
 
 def plot_learning_curves(table: ReportTable, path: Path, metric: str = "val/acc50"
@@ -1000,10 +996,14 @@ def plot_learning_curves(table: ReportTable, path: Path, metric: str = "val/acc5
                          t.dataset == dataset and t.metrics), trials[0])):
                     for b, _ in bounds:  # another schedule: its boundaries in its colour
                         ax.axvline(b, color=colors[variant], linestyle=":", linewidth=1)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        lo, hi = ax.get_xlim()
         for b, name in ref_bounds:
             ax.axvline(b, color="0.35", linestyle="--", linewidth=0.8)
-            ax.text(b, 0.99, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7,
-                    va="top", ha="left", color="0.3",
+            right = (b - lo) / ((hi - lo) or 1) > 0.8  # near the right edge: label on the left
+            ax.text(b, 0.99, f" {name} " if right else f" {name}",
+                    transform=ax.get_xaxis_transform(), fontsize=7, va="top",
+                    ha="right" if right else "left", color="0.3",
                     bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.3})
         ax.set_title(dataset, pad=4)
         ax.set_xlabel("global epoch")
@@ -1014,14 +1014,12 @@ def plot_learning_curves(table: ReportTable, path: Path, metric: str = "val/acc5
         ax.set_visible(False)
     if legend_items:
         labels = list(legend_items)
-        fig.legend([legend_items[k] for k in labels], labels, loc="lower center",
+        fig.legend([legend_items[k] for k in labels], labels, loc="outside lower center",
                    ncol=min(len(labels), 4), fontsize=8, frameon=False)
     what = ("mean over seeds, band: min to max" if not space else
             "one line per trial, coloured by its best value")
     fig.suptitle(f"{study.name}: learning curves\n({what}; grey dashed: stage starts)",
                  fontsize=10)
-    legend_rows = (len(legend_items) + 3) // 4
-    _layout(fig, 0.55, 0.2 + 0.22 * legend_rows)
     fig.savefig(path)
     return path
 
@@ -1069,7 +1067,6 @@ def plot_pareto(study: StudyResults, path: Path) -> Optional[Path]:
     for ax in list(axes.flat)[len(datasets):]:
         ax.set_visible(False)
     fig.suptitle(f"{study.name}: accuracy vs cost (dashed: Pareto front)", fontsize=10)
-    _layout(fig, 0.4)
     fig.savefig(path)
     return path
 
@@ -1080,7 +1077,6 @@ def _label_points(ax, xs: np.ndarray, ys: np.ndarray, labels: list[Optional[str]
     if not len(xs):
         return
     fig = ax.figure
-    fig.tight_layout()
     fig.canvas.draw()  # settle limits and layout so data -> pixels is final
     scale = fig.dpi / 72  # offsets are in points, positions in pixels
     disp = ax.transData.transform(np.column_stack([xs, ys]))
@@ -1176,7 +1172,6 @@ def plot_parallel_coordinates(study: StudyResults, path: Path) -> Optional[Path]
         bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, pad=0.02, fraction=0.03)
         bar.set_label(f"{study.metric} (%)", fontsize=8)
     fig.suptitle(f"{study.name}: searched values (best {study.metric} per trial)", fontsize=10)
-    _layout(fig, 0.4)
     fig.savefig(path)
     return path
 
@@ -1229,7 +1224,6 @@ def plot_history(study: StudyResults, path: Path) -> Optional[Path]:
     epochs = sum(t.epochs for t in study.all_trials)
     fig.suptitle(f"{study.name}: optimisation history ({len(trials)} trials, "
                  f"{epochs} epochs in all)", fontsize=10)
-    _layout(fig, 0.4)
     fig.savefig(path)
     return path
 
@@ -1267,7 +1261,8 @@ def write_report(storage: str | Path, study_name: str, out_dir: str | Path | Non
     (out / "table.tex").write_text(to_latex(table))
 
     images: list[tuple[str, Optional[Path]]] = []
-    if plots:
+    no_matplotlib = plots and importlib.util.find_spec("matplotlib") is None
+    if plots and not no_matplotlib:
         images = [("acc50 per variant", plot_bars(table, out / "bars.png")),
                   ("learning curves", plot_learning_curves(table, out / "learning_curves.png")),
                   ("accuracy vs cost", plot_pareto(study, out / "pareto.png"))]
@@ -1292,6 +1287,8 @@ def write_report(storage: str | Path, study_name: str, out_dir: str | Path | Non
     if study.failed:
         parts += ["## Failed trials\n", "\n".join(f"- {f}" for f in study.failed) + "\n"]
     drawn = [(title, p) for title, p in images if p is not None]
+    if no_matplotlib:
+        parts.append("Plots skipped: matplotlib is not installed (pip install matplotlib).\n")
     if drawn:
         parts.append("## Plots\n")
         parts += [f"![{title}]({p.name})\n" for title, p in drawn]

@@ -233,6 +233,7 @@ def run_study(study: Study, storage: Path, options: StudyOptions,
         from hivg.tracking import ui_command
 
         table["mlflow_ui"] = ui_command(uri)
+        table["mlflow_uri"] = uri
     return table
 
 
