@@ -142,3 +142,20 @@ def test_bad_study_files_fail_before_ray_starts(tmp_path, script, body, message)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], result.stderr
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_a_trial_on_its_own_ray_train_worker_reports_through_tune(local_ray, synthetic_storage,
+                                                                  tmp_path):
+    path = write_study(tmp_path, synthetic_storage / "data", """
+resources: {workers: 1, cpus_per_worker: 1}
+variants:
+  baseline: {}
+""")
+    storage = tmp_path / "storage"
+    table = run_study(load_study(path), storage, StudyOptions(name="train1", mlflow=False),
+                      log=lambda _m: None)
+    assert [r["variant"] for r in table["rows"]] == ["baseline"] and not table["failed_trials"]
+    results = tune_results(storage / "train1")
+    assert [r["global_epoch"] for r in results if "global_epoch" in r] == [1]
+    assert not any(k.startswith("test") for r in results for k in r)
