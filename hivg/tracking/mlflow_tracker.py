@@ -278,7 +278,11 @@ def _experiment_id(client: MlflowClient, name: str, artifact_location: str | Non
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            # The kind tag makes the UI open the experiment on its runs table (MLflow 3 shows a
+            # GenAI overview for experiments without it).
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={"mlflow.experimentKind":
+                                                  "custom_model_development"})
         except MlflowException:
             exp = client.get_experiment_by_name(name)  # another trial created it meanwhile
             if exp is None:
