@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     ml.add_argument("--no-stage-cache", action="store_true",
                     help="train every stage even when the stage cache has it")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.weight_decay=0.01")
-    return p.parse_args()
+    return p.parse_intermixed_args()  # key=value overrides may sit between the flags
 
 
 def main() -> int:
