@@ -281,6 +281,10 @@ class Config:
     device: str = "auto"
     # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Speed profile (hivg.train.profile): reference = the released recipe (fp32, TF32 off,
+    # eager attention, unfused AdamW, DDP unused-parameter search); fast = bf16 autocast,
+    # SDPA, fused AdamW, no unused-parameter search; auto = fast on GPU, fp32 + sdpa on CPU.
+    profile: Literal["auto", "fast", "reference"] = "auto"
     # A free-form variant label (ablation name); recorded, never changes behaviour.
     variant: str = "baseline"
     # Which preset this config started from (recorded for reports).

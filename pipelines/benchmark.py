@@ -14,6 +14,18 @@ a plain local run and on one Ray Train worker with the same number of compute th
 one invocation: per-epoch times side by side and their ratio, and the start-up from the
 call to the first training step, broken down (Ray init, controller + worker start, imports,
 model build + data, stage-start evaluation).
+
+    python pipelines/benchmark.py --training-step            # tiny on CPU, hivg-b16 on CUDA
+    python pipelines/benchmark.py --training-step --preset hivg-b16 --batch 64 --out b16.json
+
+--training-step: one optimizer step (forward, loss, backward, AdamW) on random inputs at
+stage 0 and at the last HiLoRA stage, under both profiles (hivg.train.profile: reference =
+fp32, TF32 off, eager attention, unfused AdamW; fast = bf16 autocast, SDPA, fused AdamW on
+CUDA, pinned non-blocking copies). Per row: images/s, step ms (median of the timed steps),
+peak memory (CUDA: max_memory_allocated per row; CPU: the process's RSS high-water mark from
+getrusage, which only grows across rows), achieved TFLOP/s (torch's flop counter on one
+step / median step time) and, on CUDA only, MFU against a bf16 matmul peak measured in the
+same run (no MFU on CPU). Random init; a table last and JSON written (--out).
 """
 from __future__ import annotations
 
@@ -33,6 +45,16 @@ def parse_args() -> argparse.Namespace:
                       help="parameters per stage and forward MACs/FLOPs per image")
     mode.add_argument("--orchestration-overhead", action="store_true",
                       help="per-epoch time and start-up: local run vs one Ray Train worker")
+    mode.add_argument("--training-step", action="store_true",
+                      help="training step at stage 0 and the last stage, reference vs fast")
+    p.add_argument("--preset", choices=preset_names(), default=None,
+                   help="training-step model (default: hivg-b16 on CUDA, tiny on CPU)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="training-step batch (default: 64 on CUDA, 8 on CPU)")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per row")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per row")
+    p.add_argument("--out", default="benchmark-training.json",
+                   help="training-step JSON output (default: ./benchmark-training.json)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (overhead benchmark)")
     p.add_argument("--threads", type=int, default=2, help="compute threads in both runs")
     p.add_argument("--train-samples", type=int, default=1200)
@@ -140,8 +162,163 @@ def run_orchestration_overhead(epochs: int, threads: int, train_samples: int) ->
           f"beyond the local run's start-up {fixed:.1f} (target <= 12)")
 
 
+def _bf16_matmul_peak_tflops(device) -> float:
+    """Achieved bf16 TFLOP/s of a large square matmul on this GPU (the MFU denominator)."""
+    import torch
+
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    reps, best = 20, float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2 * n ** 3 / best / 1e12
+
+
+def _training_step_row(config, stage_index: int, profile_name: str, batch: int, steps: int,
+                       warmup: int, device, peak_tflops):
+    import resource
+    import statistics
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hivg.losses import build_criterion
+    from hivg.model.build import build_model
+    from hivg.model.lora import apply_stage
+    from hivg.train.loop import autocast_context
+    from hivg.train.optim import build_optimizer
+    from hivg.train.profile import apply_profile, resolve_profile
+
+    cfg = config.replace({"profile": profile_name})
+    prof = resolve_profile(cfg, device.type)
+    torch.manual_seed(0)
+    model = build_model(apply_profile(cfg, device.type))
+    apply_stage(model, cfg.hilora, stage_index)
+    model.to(device).train()
+    criterion = build_criterion(cfg.loss).to(device)
+    optimizer = build_optimizer(model, 1e-4, cfg.optim.weight_decay, fused=prof.fused_adamw)
+    amp = prof.torch_amp_dtype
+
+    size, ctx = cfg.model.image_size, cfg.model.context_length
+    g = torch.Generator().manual_seed(0)
+    host = {"image": torch.randn(batch, 3, size, size, generator=g),
+            "pad_mask": torch.zeros(batch, size, size, dtype=torch.bool),
+            "tokens": torch.randint(1, 49000, (batch, ctx), generator=g),
+            "box": torch.rand(batch, 4, generator=g) * 0.4 + 0.3}
+    host["tokens"][:, 0] = 49406
+    host["tokens"][:, ctx // 2] = 49407
+    host["tokens"][:, ctx // 2 + 1:] = 0
+    if prof.pin_memory:
+        host = {k: v.pin_memory() for k, v in host.items()}
+
+    def step():
+        b = {k: v.to(device, non_blocking=prof.pin_memory) for k, v in host.items()}
+        with autocast_context(device, amp):
+            out = model(b["image"], b["pad_mask"], b["tokens"])
+            loss = criterion(out, b)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    sync()
+    flops = counter.get_total_flops()
+    step_s = statistics.median(times)
+    if cuda:
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    tflops = flops / step_s / 1e12
+    stage = cfg.hilora.stages[stage_index]
+    return {"profile": profile_name, "stage": stage.name, "stage_index": stage_index,
+            "batch": batch, "images_per_s": batch / step_s, "step_ms": step_s * 1e3,
+            "peak_memory_mb": peak_mb, "gflop_per_step": flops / 1e9, "tflops": tflops,
+            "mfu": tflops / peak_tflops if peak_tflops else None,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "settings": {"amp_dtype": prof.amp_dtype or "fp32", "attention": prof.attention,
+                         "fused_adamw": prof.fused_adamw, "tf32": prof.tf32,
+                         "pin_memory": prof.pin_memory, "find_unused": prof.find_unused}}
+
+
+def run_training_step(preset: str | None, batch: int | None, steps: int, warmup: int,
+                      out: str) -> None:
+    import json
+    import platform
+    from datetime import datetime, timezone
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    preset = preset or ("hivg-b16" if cuda else "tiny")
+    batch = batch or (64 if cuda else 8)
+    config = load_preset(preset).replace({"model.weights": None})
+    last = len(config.hilora.stages) - 1
+    card = torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"
+    peak = _bf16_matmul_peak_tflops(device) if cuda else None
+    print(f"training step: {preset}, batch {batch}, {warmup} warm-up + {steps} timed steps, "
+          f"{device.type} ({card}, {torch.get_num_threads()} threads)", flush=True)
+    if peak:
+        print(f"measured bf16 matmul peak: {peak:.1f} TFLOP/s", flush=True)
+    rows = []
+    for k in sorted({0, last}):
+        for name in ("reference", "fast"):
+            t0 = time.perf_counter()
+            rows.append(_training_step_row(config, k, name, batch, steps, warmup, device, peak))
+            print(f"  {name} {rows[-1]['stage']}: {time.perf_counter() - t0:.1f} s", flush=True)
+    result = {"benchmark": "training-step", "preset": preset, "device": device.type,
+              "card": card, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "batch": batch, "steps": steps, "warmup": warmup,
+              "bf16_matmul_peak_tflops": peak, "rows": rows,
+              "notes": ("peak_memory_mb: " + ("torch.cuda.max_memory_allocated per row" if cuda
+                        else "process RSS high-water mark (getrusage), cumulative over rows")
+                        + "; mfu: " + ("vs the measured bf16 matmul peak" if cuda
+                                       else "not measured on CPU"))}
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    by = {(r["stage"], r["profile"]): r for r in rows}
+    print()
+    print(f"{'stage':<8} {'profile':<10} {'settings':<28} {'images/s':>9} {'step ms':>9} "
+          f"{'peak MB':>9} {'TFLOP/s':>8} {'MFU':>6} {'fast/ref':>8}")
+    for r in rows:
+        s = r["settings"]
+        settings = f"{s['amp_dtype']},{s['attention']}{',fusedAdamW' if s['fused_adamw'] else ''}"
+        ratio = r["images_per_s"] / by[(r["stage"], "reference")]["images_per_s"]
+        mfu = f"{r['mfu'] * 100:5.1f}%" if r["mfu"] is not None else "   n/a"
+        print(f"{r['stage']:<8} {r['profile']:<10} {settings:<28} {r['images_per_s']:9.1f} "
+              f"{r['step_ms']:9.1f} {r['peak_memory_mb']:9.0f} {r['tflops']:8.4f} {mfu:>6} "
+              f"{ratio:7.2f}x")
+    print(f"JSON: {out}" + ("" if cuda else "  (CPU: no MFU; peak MB = process RSS high-water)"))
+
+
 def main() -> int:
     args = parse_args()
+    if args.training_step:
+        run_training_step(args.preset, args.batch, args.steps, args.warmup, args.out)
     if args.model_stats:
         run_model_stats(args.presets)
     if args.orchestration_overhead:

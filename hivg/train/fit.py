@@ -39,6 +39,7 @@ from hivg.train.hooks import NullTracker, Tracker, TrainHooks
 from hivg.train.loop import EvalResult, NonFiniteLossError, evaluate, train_one_epoch
 from hivg.train.metrics import MetricsLog, accuracy_by_type, write_predictions
 from hivg.train.optim import build_optimizer, cosine_with_warmup, scaled_lr
+from hivg.train.profile import ResolvedProfile, apply_profile, resolve_profile
 
 METRIC = "val/acc50"
 
@@ -50,10 +51,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+def amp_dtype_for(precision: str, device: torch.device,
+                  profile: str = "auto") -> torch.dtype | None:
+    """The autocast dtype (None = fp32) for `precision` under `profile` (hivg.train.profile)."""
+    config = Config(precision=precision, profile=profile)
+    return resolve_profile(config, device.type).torch_amp_dtype
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -110,20 +112,22 @@ class Setup:
     test_splits: list[str]
     device: torch.device
     amp_dtype: torch.dtype | None
+    profile: ResolvedProfile | None = None  # find_unused: for the DDP wrapper (Ray Train)
 
 
 def setup(config: Config, hooks: TrainHooks) -> Setup:
     test_splits = check_data(config)
     seed_everything(config.seed)
     device = hooks.device(config.device)
-    model = build_model(config).to(device)
+    profile = resolve_profile(config, device.type)
+    model = build_model(apply_profile(config, device.type)).to(device)
     criterion = build_criterion(config.loss).to(device)
     size, ctx = config.model.image_size, config.model.context_length
     train_set = build_dataset(config.data, config.data.train_split, size, ctx, train=True)
     eval_sets = {s: build_dataset(config.data, s, size, ctx, train=False)
                  for s in [config.data.val_split, *test_splits]}
     return Setup(model, criterion, train_set, eval_sets, test_splits, device,
-                 amp_dtype_for(config.precision, device))
+                 profile.torch_amp_dtype, profile)
 
 
 class Trainer:
@@ -196,14 +200,14 @@ class Trainer:
             sampler = self.hooks.train_sampler(self.s.train_set, self.config.seed)
             loader = DataLoader(self.s.train_set, batch_size=stage.batch_size, sampler=sampler,
                                 num_workers=self.config.data.num_workers, drop_last=True,
-                                pin_memory=self.s.device.type == "cuda",
+                                pin_memory=self.s.profile.pin_memory,
                                 persistent_workers=self.config.data.num_workers > 0)
             if len(loader) == 0 and stage.epochs > 0:
                 raise ConfigError(f"hilora.stages[{stage.name}].batch_size: expected at most "
                                   f"{len(self.s.train_set) // world} per worker (the training "
                                   f"set has {len(self.s.train_set)} rows), got {stage.batch_size}")
             optimizer = build_optimizer(self.s.model, lr, self.config.optim.weight_decay,
-                                        fused=self.s.device.type == "cuda")
+                                        fused=self.s.profile.fused_adamw)
             steps = stage.epochs * len(loader)
             warmup = int(self.config.optim.warmup_epochs * len(loader))
             scheduler = cosine_with_warmup(optimizer, steps, warmup)

@@ -17,6 +17,7 @@ from hivg.model.build import build_model
 from hivg.train.checkpoint import load_checkpoint, load_model_weights
 from hivg.model.lora import apply_stage
 from hivg.train.fit import amp_dtype_for
+from hivg.train.profile import apply_profile
 from hivg.train.hooks import TrainHooks
 from hivg.train.loop import evaluate
 from hivg.train.metrics import accuracy_by_type, write_predictions
@@ -29,7 +30,8 @@ def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn
         raise UserError(f"{checkpoint}: not a HiVG training checkpoint (no model/config inside)")
     config = Config.from_dict(yaml.safe_load(state["config"]))
     # Weights come from the checkpoint; the starting weights file need not exist any more.
-    model = build_model(config.replace({"model.weights": None})).to(device)
+    model = build_model(apply_profile(config.replace({"model.weights": None}),
+                                      device.type)).to(device)
     apply_stage(model, config.hilora, int(state["stage_index"]))
     load_model_weights(model, state["model"], str(checkpoint))
     return model, config
@@ -55,7 +57,8 @@ def evaluate_checkpoint(checkpoint: Path, dataset: str, data_dir: Path, splits: 
         ds = build_dataset(data, split, config.model.image_size, config.model.context_length,
                            train=False)
         loader = DataLoader(ds, batch_size=batch_size or config.optim.eval_batch_size)
-        result = evaluate(model, loader, dev, amp_dtype=amp_dtype_for(config.precision, dev),
+        result = evaluate(model, loader, dev,
+                          amp_dtype=amp_dtype_for(config.precision, dev, config.profile),
                           canvas_size=config.model.image_size, show_progress=True, desc=split)
         types = [ds.rows["expr_type"][i] for i in result.indices]
         write_predictions(out_dir / f"{split}.parquet", result, ds.rows)

@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional
 
 from hivg.config import Config
 from hivg.errors import UserError
+from hivg.train.profile import resolve_profile
 
 # Bump when the meaning of a key or the layout of an entry changes: old entries become misses.
 KEY_SCHEMA = 1
@@ -70,7 +71,9 @@ DATA_FIELDS_EXCLUDED = {
 # Config fields outside model/loss/data/optim/hilora that are left out of the key:
 #   variant, preset: labels only (recorded, never change behaviour).
 #   device: replaced by the caller's resolved device type ("cuda:1" and "cuda" agree).
-#   precision: replaced by the effective precision on that device type (auto = fp32 on CPU).
+#   precision: replaced by the effective precision on that device type (auto = fp32 on CPU),
+#       as hivg.train.profile resolves it together with `profile`.
+#   profile: enters through the precision and model.attention it resolves to.
 # Stage names stay in the key: the paper policy names adapters after the stage
 # (`lora.stage2`), so a renamed stage yields a checkpoint with other state-dict keys.
 
@@ -190,6 +193,10 @@ def stage_key_payload(config: Config, stage_index: int, data_hash: str, code_has
         raise ValueError(f"world_size {world_size}: expected >= 1")
     device_type = str(device_type).split(":")[0]
     model = dataclasses.asdict(config.model)
+    # The profile (hivg.train.profile) decides the attention and autocast actually used;
+    # with profile auto both equal what config.model.attention / effective_precision say.
+    profile = resolve_profile(config, device_type)
+    model["attention"] = profile.attention
     model["weights"] = weights_hash if weights_hash is not None else \
         _weights_identity(config.model.weights)
     data = {k: v for k, v in dataclasses.asdict(config.data).items()
@@ -205,7 +212,7 @@ def stage_key_payload(config: Config, stage_index: int, data_hash: str, code_has
                    # Stages 0..k only: later stages never influence stage k.
                    "stages": [dataclasses.asdict(s) for s in stages[:stage_index + 1]]},
         "seed": config.seed,
-        "precision": effective_precision(config.precision, device_type),
+        "precision": "bf16" if profile.amp_dtype == "bfloat16" else "fp32",
         "device_type": device_type,
         # The global batch (and, with optim.scale_lr, the lr) and data sharding depend on it.
         "world_size": world_size,
