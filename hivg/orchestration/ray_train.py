@@ -47,6 +47,9 @@ class RayHooks(TrainHooks):
         import ray.train
 
         self.timing_file = timing_file
+        # The reference profile reproduces the released code's DDP with unused-parameter
+        # search; every other profile runs without it (all parameters take part in the loss).
+        self.find_unused = False
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self._ray_train = ray.train
@@ -65,9 +68,8 @@ class RayHooks(TrainHooks):
 
         device = next(model.parameters()).device
         ids = [device.index] if device.type == "cuda" else None
-        # Every trainable parameter takes part in the loss (heads exist only for active
-        # losses), so no unused-parameter search.
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+        return DistributedDataParallel(model, device_ids=ids,
+                                       find_unused_parameters=self.find_unused)
 
     def train_sampler(self, dataset: Dataset, seed: int) -> Sampler[int]:
         return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
@@ -134,6 +136,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(int(threads))
     config = Config.from_dict(loop_config["config"])
     hooks = RayHooks(timing)
+    from hivg.train.profile import resolve_profile
+
+    hooks.find_unused = resolve_profile(config, hooks.device(config.device).type).find_unused
     tracker = loop_config.get("tracker") if hooks.rank == 0 else None
     # The driver created the run folder; resuming is always safe here: with no last.pt the
     # trainer starts from scratch, otherwise it continues where the last attempt stopped.
