@@ -310,6 +310,43 @@ class Config:
         return apply_overrides(self, overrides)
 
 
+# ----------------------------------------------------------------------------- encoder shape
+
+
+def check_encoder_shape(config: "Config", *, vision_depth: int, text_depth: int,
+                        image_size: int, context_length: int, embed_dim: Optional[int]) -> None:
+    """The checks that need the CLIP towers' shape (layer choices within their depths, image
+    size, text context, VL width). build_model passes a built model's shape; study files pass
+    the open_clip JSON config's, so a YAML file is validated without building any model."""
+    m = config.model
+    _require(m.image_size == image_size, "model.image_size",
+             f"{image_size} (the image size of {m.clip})", m.image_size)
+    _require(m.context_length <= context_length, "model.context_length",
+             f"at most {context_length} (the text context of {m.clip})", m.context_length)
+    layers = m.bridge.vision_layers
+    _require(len(layers) > 0, "model.bridge.vision_layers",
+             "at least one layer (they are also the fused visual taps)", layers)
+    _require(all(v < vision_depth for v in layers), "model.bridge.vision_layers",
+             f"layers < {vision_depth} (the vision encoder's depth)", layers)
+    _require(all(t <= text_depth for t in m.bridge.text_levels), "model.bridge.text_levels",
+             f"1-based levels <= {text_depth} (the text encoder's depth)", m.bridge.text_levels)
+    _require(m.box_head != "dense" or config.loss.use_align, "model.box_head",
+             "reg when the alignment loss is off (dense picks its box with the alignment map)",
+             m.box_head)
+    vl_dim = m.vl_encoder.dim or embed_dim
+    if vl_dim:
+        _require(vl_dim % m.vl_encoder.heads == 0, "model.vl_encoder.heads",
+                 f"a divisor of the VL width {vl_dim}", m.vl_encoder.heads)
+    for s in config.hilora.stages:
+        key = f"hilora.stages[{s.name}]"
+        if s.vision_layers is not None:
+            _require(s.vision_layers[1] < vision_depth, f"{key}.vision_layers",
+                     f"layers < {vision_depth} (the vision encoder's depth)", s.vision_layers)
+        if s.text_layers is not None:
+            _require(s.text_layers[1] < text_depth, f"{key}.text_layers",
+                     f"layers < {text_depth} (the text encoder's depth)", s.text_layers)
+
+
 # ----------------------------------------------------------------------------- dict <-> dataclass
 
 

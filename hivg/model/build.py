@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import open_clip
 
-from hivg.config import Config, ConfigError
+from hivg.config import Config, ConfigError, check_encoder_shape
 from hivg.errors import WeightsError
 from hivg.model import backbone as bb
 from hivg.model.convert import load_clip_state_dict, load_into_clip
@@ -52,36 +52,7 @@ def build_model(config: Config) -> HiVG:
 
 
 def validate(config: Config, clip) -> None:
-    m = config.model
-    vdepth, tdepth = len(bb.vision_blocks(clip)), len(bb.text_blocks(clip))
-    size, ctx = bb.image_size(clip), clip.positional_embedding.shape[0]
-
-    def require(ok: bool, key: str, expected: str, value) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-
-    require(m.image_size == size, "model.image_size", f"{size} (the image size of {m.clip})",
-            m.image_size)
-    require(m.context_length <= ctx, "model.context_length",
-            f"at most {ctx} (the text context of {m.clip})", m.context_length)
-    layers = m.bridge.vision_layers
-    require(len(layers) > 0, "model.bridge.vision_layers",
-            "at least one layer (they are also the fused visual taps)", layers)
-    require(all(v < vdepth for v in layers), "model.bridge.vision_layers",
-            f"layers < {vdepth} (the vision encoder's depth)", layers)
-    require(all(t <= tdepth for t in m.bridge.text_levels), "model.bridge.text_levels",
-            f"1-based levels <= {tdepth} (the text encoder's depth)", m.bridge.text_levels)
-    require(m.box_head != "dense" or config.loss.use_align, "model.box_head",
-            "reg when the alignment loss is off (dense picks its box with the alignment map)",
-            m.box_head)
-    vl_dim = m.vl_encoder.dim or bb.embed_dim(clip)
-    require(vl_dim % m.vl_encoder.heads == 0, "model.vl_encoder.heads",
-            f"a divisor of the VL width {vl_dim}", m.vl_encoder.heads)
-    for s in config.hilora.stages:
-        key = f"hilora.stages[{s.name}]"
-        if s.vision_layers is not None:
-            require(s.vision_layers[1] < vdepth, f"{key}.vision_layers",
-                    f"layers < {vdepth} (the vision encoder's depth)", s.vision_layers)
-        if s.text_layers is not None:
-            require(s.text_layers[1] < tdepth, f"{key}.text_layers",
-                    f"layers < {tdepth} (the text encoder's depth)", s.text_layers)
+    check_encoder_shape(config, vision_depth=len(bb.vision_blocks(clip)),
+                        text_depth=len(bb.text_blocks(clip)), image_size=bb.image_size(clip),
+                        context_length=clip.positional_embedding.shape[0],
+                        embed_dim=bb.embed_dim(clip))

@@ -82,8 +82,8 @@ from typing import Any, NoReturn, Optional, Union
 
 import yaml
 
-from hivg.config import (Config, ConfigError, apply_overrides, load_config, load_preset,
-                         preset_names)
+from hivg.config import (Config, ConfigError, apply_overrides, check_encoder_shape,
+                         load_config, load_preset, preset_names)
 from hivg.data.splits import DATASETS, FIVE_DATASETS
 from hivg.errors import UserError
 
@@ -716,8 +716,8 @@ def _variants(where: str, base: Config, raw: Any) -> dict[str, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- backbone shape
-# The checks of hivg.model.build.validate, against the open_clip model's JSON config instead
-# of a built model (building ViT-L/14 to validate a YAML file would take seconds per value).
+# hivg.config.check_encoder_shape against the open_clip model's JSON config instead of a
+# built model (building ViT-L/14 to validate a YAML file would take seconds per value).
 
 
 def _valid(config: Config) -> Config:
@@ -746,40 +746,12 @@ def _clip_shape(name: str) -> Optional[dict[str, int]]:
 
 def _check_backbone(config: Config) -> None:
     m = config.model
-
-    def require(ok: bool, key: str, expected: str, value: Any) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-
-    require(m.box_head != "dense" or config.loss.use_align, "model.box_head",
-            "reg when the alignment loss is off (dense picks its box with the alignment map)",
-            m.box_head)
-    require(len(m.bridge.vision_layers) > 0, "model.bridge.vision_layers",
-            "at least one layer (they are also the fused visual taps)", m.bridge.vision_layers)
     shape = _clip_shape(m.clip)
-    require(shape is not None, "model.clip", "an open_clip model name (e.g. ViT-B-16-quickgelu, "
-            "ViT-L-14-quickgelu, hivg-tiny)", m.clip)
-    vdepth, tdepth = shape["vision_layers"], shape["text_layers"]
-    if not isinstance(vdepth, int):  # a ResNet tower: build_model has the last word
+    if shape is None:
+        raise ConfigError(f"model.clip: expected an open_clip model name (e.g. "
+                          f"ViT-B-16-quickgelu, ViT-L-14-quickgelu, hivg-tiny), got {m.clip!r}")
+    if not isinstance(shape["vision_layers"], int):  # a ResNet tower: build_model decides
         return
-    require(m.image_size == shape["image_size"], "model.image_size",
-            f"{shape['image_size']} (the image size of {m.clip})", m.image_size)
-    require(m.context_length <= shape["context_length"], "model.context_length",
-            f"at most {shape['context_length']} (the text context of {m.clip})",
-            m.context_length)
-    require(all(v < vdepth for v in m.bridge.vision_layers), "model.bridge.vision_layers",
-            f"layers < {vdepth} (the vision encoder's depth)", m.bridge.vision_layers)
-    require(all(t <= tdepth for t in m.bridge.text_levels), "model.bridge.text_levels",
-            f"1-based levels <= {tdepth} (the text encoder's depth)", m.bridge.text_levels)
-    vl_dim = m.vl_encoder.dim or shape["embed_dim"]
-    if vl_dim:
-        require(vl_dim % m.vl_encoder.heads == 0, "model.vl_encoder.heads",
-                f"a divisor of the VL width {vl_dim}", m.vl_encoder.heads)
-    for s in config.hilora.stages:
-        key = f"hilora.stages[{s.name}]"
-        if s.vision_layers is not None:
-            require(s.vision_layers[1] < vdepth, f"{key}.vision_layers",
-                    f"layers < {vdepth} (the vision encoder's depth)", s.vision_layers)
-        if s.text_layers is not None:
-            require(s.text_layers[1] < tdepth, f"{key}.text_layers",
-                    f"layers < {tdepth} (the text encoder's depth)", s.text_layers)
+    check_encoder_shape(config, vision_depth=shape["vision_layers"],
+                        text_depth=shape["text_layers"], image_size=shape["image_size"],
+                        context_length=shape["context_length"], embed_dim=shape["embed_dim"])
