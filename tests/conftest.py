@@ -16,3 +16,14 @@ def synthetic_storage(tmp_path_factory) -> Path:
     storage = tmp_path_factory.mktemp("synthetic-storage")
     prepare_synthetic(storage, seed=3, sizes=SMALL_SYNTHETIC, pack_images=True)
     return storage
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory):
+    """One local Ray for the whole session (starting one costs 10-30 s here); more logical CPUs
+    than cores so a trial driver and 2 Ray Train workers fit."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=True, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()

@@ -26,16 +26,6 @@ from test_train import records, tiny_config  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    """One local Ray for the module; more logical CPUs than cores so driver + 2 workers fit."""
-    temp = tmp_path_factory.mktemp("ray")
-    ray.init(num_cpus=4, include_dashboard=True, _temp_dir=str(temp),
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield
-    ray.shutdown()
-
-
 def ray_workers(run_dir: Path) -> list[psutil.Process]:
     """This test's Ray Train worker processes (their titles name the worker class)."""
     found = []

@@ -26,15 +26,6 @@ overrides:
 """
 
 
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    temp = tmp_path_factory.mktemp("ray")
-    ray.init(num_cpus=3, include_dashboard=True, _temp_dir=str(temp),
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield
-    ray.shutdown()
-
-
 def write_study(tmp_path: Path, data_dir: Path, body: str, e0: int = 1) -> Path:
     path = tmp_path / "study.yaml"
     path.write_text(f"base: tiny\ndatasets: [synthetic]\n"
