@@ -26,16 +26,31 @@ peak memory (CUDA: max_memory_allocated per row; CPU: the process's RSS high-wat
 getrusage, which only grows across rows), achieved TFLOP/s (torch's flop counter on one
 step / median step time) and, on CUDA only, MFU against a bf16 matmul peak measured in the
 same run (no MFU on CPU). Random init; a table last and JSON written (--out).
+
+    python pipelines/benchmark.py --search-efficiency        # grid vs TPE + ASHA, 3 seeds
+    python pipelines/benchmark.py --search-efficiency --space search_spaces/x.yaml --seeds 0 1 2
+
+--search-efficiency: the space's full grid, then TPE + ASHA over the same space once per
+searcher seed, into one storage (--storage, default runs/search-efficiency). A TPE trial on a
+point the grid trained is replayed from the stage cache: its epochs are reported to the
+searcher as they were when trained and are counted as spent (hivg.orchestration.
+search_efficiency), so each search is charged what it would cost alone. Per search: trials,
+epochs (and % of the grid's), the point it found (its best-val completed trial) and that
+point's test acc50 against the grid's pick. Table printed, JSON written (--out).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 from hivg.cli import run_main
 from hivg.config import load_preset, preset_names
+from hivg.errors import UserError
 
-PAPER_GFLOPS = {"hivg-b16": 38.7}  # the paper's table; very likely multiply-adds
+PAPER_GFLOPS = {"hivg-b16": 38.7}
+DEFAULT_OUT = "benchmark-training.json"
+SEARCH_STORAGE = "runs/search-efficiency"  # the paper's table; very likely multiply-adds
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,11 +68,37 @@ def parse_args() -> argparse.Namespace:
                    help="training-step batch (default: 64 on CUDA, 8 on CPU)")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per row")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per row")
-    p.add_argument("--out", default="benchmark-training.json",
-                   help="training-step JSON output (default: ./benchmark-training.json)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per run (overhead benchmark)")
+    p.add_argument("--inference-batch", type=int, default=None,
+                   help="training-step run: batched inference size (default 256 CUDA, 32 CPU)")
+    p.add_argument("--pipeline-images", type=int, default=None,
+                   help="training-step run: JPEGs in the input-pipeline test (512 CUDA, 128 CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="training-step run: torch.compile the model for the inference rows")
+    mode.add_argument("--profile-accuracy", action="store_true",
+                      help="the tiny model trained under reference and fast, same seed: test acc50")
+    mode.add_argument("--search-efficiency", action="store_true",
+                      help="the full grid vs TPE + ASHA over the same space (--space)")
+    p.add_argument("--space", default="search_spaces/search_efficiency.yaml",
+                   help="study file with a space: (search efficiency)")
+    p.add_argument("--storage", default=SEARCH_STORAGE,
+                   help="storage for the search-efficiency studies (default) or the "
+                        "profile-accuracy runs (default runs/profile-accuracy)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="TPE searcher seeds (search efficiency)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="TPE trials per seed (default: the study file's num_samples)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="JSON output (default: ./benchmark-training.json; with "
+                        "--search-efficiency ./search-efficiency.json)")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="epochs per run (overhead and profile-accuracy benchmarks)")
+    p.add_argument("--eval-samples", type=int, default=None,
+                   help="profile accuracy: val/test expressions used (default: all)")
+    p.add_argument("--random-init", action="store_true",
+                   help="profile accuracy: random CLIP weights instead of the tiny pre-training")
     p.add_argument("--threads", type=int, default=2, help="compute threads in both runs")
-    p.add_argument("--train-samples", type=int, default=1200)
+    p.add_argument("--train-samples", type=int, default=1200,
+                   help="training expressions (overhead and profile-accuracy benchmarks)")
     p.add_argument("--presets", nargs="+", default=["hivg-b16", "hivg-l14"], choices=preset_names(),
                    help="model presets (default: hivg-b16 hivg-l14)")
     return p.parse_args()
@@ -142,7 +183,7 @@ def run_orchestration_overhead(epochs: int, threads: int, train_samples: int) ->
     print("per-epoch time (s)      " + "  ".join(f"e{i + 1}" for i in range(epochs)) + "   median")
     print(f"  local ({threads} threads)     " + "  ".join(f"{x:4.1f}" for x in local)
           + f"   {med_local:.2f}")
-    print(f"  Ray Train (1 worker)  " + "  ".join(f"{x:4.1f}" for x in remote)
+    print("  Ray Train (1 worker)  " + "  ".join(f"{x:4.1f}" for x in remote)
           + f"   {med_ray:.2f}")
     print(f"  ratio Ray / local: {med_ray / med_local:.3f}  (target <= 1.05)")
     print()
@@ -264,7 +305,8 @@ def _training_step_row(config, stage_index: int, profile_name: str, batch: int, 
 
 
 def run_training_step(preset: str | None, batch: int | None, steps: int, warmup: int,
-                      out: str) -> None:
+                      out: str, inference_batch: int | None = None,
+                      pipeline_images: int | None = None, compile_model: bool = False) -> None:
     import json
     import platform
     from datetime import datetime, timezone
@@ -289,41 +331,176 @@ def run_training_step(preset: str | None, batch: int | None, steps: int, warmup:
             t0 = time.perf_counter()
             rows.append(_training_step_row(config, k, name, batch, steps, warmup, device, peak))
             print(f"  {name} {rows[-1]['stage']}: {time.perf_counter() - t0:.1f} s", flush=True)
+    import _bench_parts as parts
+
+    for name in ("reference", "fast"):
+        t0 = time.perf_counter()
+        rows.append(parts.backbone_step_row(config, name, batch, steps, warmup, device, peak))
+        print(f"  {name} bare backbone: {time.perf_counter() - t0:.1f} s", flush=True)
+    inference_batch = inference_batch or (256 if cuda else 32)
+    t0 = time.perf_counter()
+    inference = parts.inference_rows(config, inference_batch, steps, warmup, device, peak,
+                                     compile_model)
+    print(f"  inference: {time.perf_counter() - t0:.1f} s", flush=True)
+    t0 = time.perf_counter()
+    pipeline = parts.input_pipeline_rows(config, pipeline_images or (512 if cuda else 128))
+    print(f"  input pipeline: {time.perf_counter() - t0:.1f} s", flush=True)
     result = {"benchmark": "training-step", "preset": preset, "device": device.type,
               "card": card, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "batch": batch, "steps": steps, "warmup": warmup,
-              "bf16_matmul_peak_tflops": peak, "rows": rows,
+              "bf16_matmul_peak_tflops": peak, "rows": rows, "inference": inference,
+              "input_pipeline": pipeline,
               "notes": ("peak_memory_mb: " + ("torch.cuda.max_memory_allocated per row" if cuda
                         else "process RSS high-water mark (getrusage), cumulative over rows")
                         + "; mfu: " + ("vs the measured bf16 matmul peak" if cuda
                                        else "not measured on CPU"))}
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
     by = {(r["stage"], r["profile"]): r for r in rows}
     print()
-    print(f"{'stage':<8} {'profile':<10} {'settings':<28} {'images/s':>9} {'step ms':>9} "
+    print(f"{'stage':<22} {'profile':<10} {'settings':<28} {'images/s':>9} {'step ms':>9} "
           f"{'peak MB':>9} {'TFLOP/s':>8} {'MFU':>6} {'fast/ref':>8}")
     for r in rows:
         s = r["settings"]
         settings = f"{s['amp_dtype']},{s['attention']}{',fusedAdamW' if s['fused_adamw'] else ''}"
         ratio = r["images_per_s"] / by[(r["stage"], "reference")]["images_per_s"]
         mfu = f"{r['mfu'] * 100:5.1f}%" if r["mfu"] is not None else "   n/a"
-        print(f"{r['stage']:<8} {r['profile']:<10} {settings:<28} {r['images_per_s']:9.1f} "
+        print(f"{r['stage']:<22} {r['profile']:<10} {settings:<28} {r['images_per_s']:9.1f} "
               f"{r['step_ms']:9.1f} {r['peak_memory_mb']:9.0f} {r['tflops']:8.4f} {mfu:>6} "
               f"{ratio:7.2f}x")
+    print()
+    print(f"inference, auto profile ({inference[0]['settings']['amp_dtype']}, "
+          f"{inference[0]['settings']['attention']}"
+          f"{', compiled' if compile_model else ''}):")
+    print(f"{'model':<12} {'mode':<38} {'median ms':>10} {'p99 ms':>8} {'images/s':>9} {'MFU':>6}")
+    for r in inference:
+        mfu = f"{r['mfu'] * 100:5.1f}%" if r.get("mfu") is not None else "   n/a"
+        print(f"{r['model']:<12} {r['mode']:<38} {r['median_ms']:10.2f} {r['p99_ms']:8.2f} "
+              f"{r['images_per_s']:9.1f} {mfu:>6}")
+    print()
+    fast_last = by[(config.hilora.stages[last].name, "fast")]["images_per_s"]
+    print(f"input pipeline (decode + letterbox + training augmentations, 640x480 JPEGs, "
+          f"canvas {config.model.image_size}):")
+    for r in pipeline:
+        need = math.ceil(fast_last / r["images_per_s_per_worker"])
+        r["workers_for_fast_last_stage"] = need
+        print(f"  {r['layout']:<18} {r['images_per_s_per_worker']:8.1f} images/s per worker; "
+              f"the fast last-stage step ({fast_last:.0f} images/s) needs {need} worker(s)")
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
     print(f"JSON: {out}" + ("" if cuda else "  (CPU: no MFU; peak MB = process RSS high-water)"))
 
 
 def main() -> int:
     args = parse_args()
     if args.training_step:
-        run_training_step(args.preset, args.batch, args.steps, args.warmup, args.out)
+        run_training_step(args.preset, args.batch, args.steps, args.warmup, args.out,
+                          args.inference_batch, args.pipeline_images, args.compile)
     if args.model_stats:
         run_model_stats(args.presets)
     if args.orchestration_overhead:
         run_orchestration_overhead(args.epochs, args.threads, args.train_samples)
+    if args.profile_accuracy:
+        run_profile_accuracy(args.storage if args.storage != SEARCH_STORAGE else
+                             "runs/profile-accuracy", args.train_samples, args.epochs,
+                             args.out if args.out != DEFAULT_OUT else "profile-accuracy.json",
+                             args.eval_samples, args.random_init)
+    if args.search_efficiency:
+        run_search_efficiency(args.space, args.storage, args.seeds, args.num_samples,
+                              args.out if args.out != DEFAULT_OUT else "search-efficiency.json")
     return 0
+
+
+def run_profile_accuracy(storage: str, train_samples: int, epochs: int, out: str,
+                         eval_samples: int | None = None, random_init: bool = False) -> None:
+    """The tiny model on the synthetic benchmark, one stage, trained twice with the same seed
+    and data: profile reference, then fast; test acc50 of each and the difference."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from hivg.cli import with_storage_defaults
+    from hivg.data.manifest import list_splits
+    from hivg.data.prepare import ensure_synthetic
+    from hivg.orchestration.run import TrackingOptions, run_training
+    from hivg.train.pretrain import resolve_weights
+
+    storage_path = Path(storage).resolve()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tiny = load_preset("tiny")
+    one_stage = dataclasses.replace(tiny, hilora=dataclasses.replace(
+        tiny.hilora, stages=tiny.hilora.stages[:1]))
+    base = with_storage_defaults(one_stage, storage_path).replace({
+        "data.max_train_samples": train_samples, "data.max_eval_samples": eval_samples,
+        "hilora.stages.stage0.epochs": epochs})
+    if not list_splits(base.data.data_dir, "synthetic"):
+        ensure_synthetic(storage_path, seed=0, log=print)
+    base = base.replace({"model.weights": None}) if random_init else \
+        resolve_weights(base, storage_path, log=print)
+    rows = []
+    for profile in ("reference", "fast"):
+        run_dir = storage_path / f"profile-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+        summary = run_training(base.replace({"profile": profile}), storage_path, run_dir,
+                               tracking=TrackingOptions(enabled=False), show_progress=False,
+                               log=lambda _m: None)
+        rows.append({"profile": profile, "test/acc50": summary["splits"]["test"]["acc50"],
+                     "val/acc50": summary["best"]["val/acc50"],
+                     "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)})
+        print(f"  {profile}: test acc50 {rows[-1]['test/acc50']:.4f} "
+              f"({rows[-1]['wall_time_s']:.0f}s)", flush=True)
+    delta = rows[1]["test/acc50"] - rows[0]["test/acc50"]
+    result = {"device": device, "train_samples": train_samples, "epochs": epochs,
+              "seed": base.seed, "rows": rows, "fast_minus_reference": delta,
+              "within_1_point": abs(delta) <= 0.01}
+    Path(out).write_text(json.dumps(result, indent=2))
+    print(f"{'profile':<10} {'val acc50':>9} {'test acc50':>10} {'wall s':>7}")
+    for r in rows:
+        print(f"{r['profile']:<10} {r['val/acc50']:9.4f} {r['test/acc50']:10.4f} "
+              f"{r['wall_time_s']:7.0f}")
+    print(f"fast - reference: {100 * delta:+.1f} points of test acc50 on {device} "
+          f"(target: within 1 point: {'met' if abs(delta) <= 0.01 else 'not met'}); JSON: {out}")
+
+
+def run_search_efficiency(space: str, storage: str, seeds: list[int], num_samples: int | None,
+                          out: str) -> None:
+    import json
+    from pathlib import Path
+
+    from _study_cli import prepare
+    from hivg.orchestration.search_efficiency import (SearchOutcome, compare,
+                                                      format_comparison, read_trials)
+    from hivg.orchestration.search_space import load_study
+    from hivg.orchestration.tune import StudyOptions, run_study
+
+    study = load_study(Path(space))
+    if study.kind != "space":
+        raise UserError(f"{space}: --search-efficiency needs a study with a space:, not variants")
+    storage_path = Path(storage).resolve()
+    study = prepare(study, storage_path)
+    axes = list(study.space)
+    start = time.time()
+    grid_name = f"{study.name}-grid"
+    run_study(study, storage_path, StudyOptions(name=grid_name, grid=True, mlflow=False))
+    grid_s = time.time() - start
+    grid = SearchOutcome("grid", read_trials(storage_path / grid_name, axes))
+    searches, seconds = [], {"grid": grid_s}
+    for seed in seeds:
+        name = f"{study.name}-tpe-asha-seed{seed}"
+        t0 = time.time()
+        run_study(study, storage_path, StudyOptions(name=name, search_seed=seed, mlflow=False,
+                                                    num_samples=num_samples))
+        seconds[name] = time.time() - t0
+        searches.append(SearchOutcome(f"TPE+ASHA seed {seed}",
+                                      read_trials(storage_path / name, axes)))
+    result = compare(grid, searches)
+    result.update(space=space, axes=axes, seconds=seconds,
+                  num_samples=num_samples or study.num_samples)
+    Path(out).write_text(json.dumps(result, indent=2))
+    print()
+    print(format_comparison(result))
+    print(f"grid wall time {grid_s:.0f}s; searches replay grid points from the stage cache, so "
+          f"their wall times are not their cost (their epochs are); JSON: {out}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ def main() -> int:
         print(f"{split:<10} {r['count']:>6} {r['acc50']:7.4f}")
         for t, acc in r["by_type"].items():
             print(f"  {t:<14} {acc:.4f}")
+        print(f"  right object chosen (box centre inside the target) {r['located']:.4f}; "
+              f"acc50 when it is {r['acc50_if_located']:.4f}")
     print(f"predictions: {out}")
     return 0
 

@@ -16,15 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -89,53 +82,13 @@ def _window(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextlib.contextmanager
 def _mlflow_server(backend_uri: str, workdir: Path) -> Iterator[str]:
-    """`mlflow server` over `backend_uri` on 127.0.0.1; yields its URL. Its working folder
-    (served artifacts of new uploads, none here) and log are in `workdir`."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = workdir / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1", "--backend-store-uri", backend_uri],
-            stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True)  # its own process group, stopped as a whole below
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while not _healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-                raise UserError(f"mlflow server over {backend_uri} did not start within "
-                                f"{SERVER_START_S:g} s (exit code {process.poll()}): "
-                                f"{tail[0] if tail else 'no output'}")
-            time.sleep(0.5)
+    """`mlflow server` over `backend_uri` on 127.0.0.1; yields its URL."""
+    from hivg.tracking.server import mlflow_server
+
+    with mlflow_server(backend_uri, workdir, timeout=SERVER_START_S) as (url, _process):
         yield url
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):  # the group: uvicorn and job workers
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            try:
-                process.wait(15)
-                break
-            except subprocess.TimeoutExpired:
-                continue
 
 
 def _pick_runs(url: str, experiment: str, names: list[str] | None,

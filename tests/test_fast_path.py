@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from hivg.config import load_preset
 from hivg.model.attention import Attention
@@ -157,16 +158,58 @@ def test_training_step_benchmark_smoke(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "benchmark.py"), "--training-step",
-         "--steps", "1", "--warmup", "0", "--batch", "2", "--out", str(out)],
+         "--steps", "1", "--warmup", "0", "--batch", "2", "--inference-batch", "2",
+         "--pipeline-images", "40", "--out", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     rows = data["rows"]
     stages = load_preset("tiny").hilora.stages
     assert {(r["profile"], r["stage"]) for r in rows} == {
-        (p, s) for p in ("reference", "fast") for s in (stages[0].name, stages[-1].name)}
+        (p, s) for p in ("reference", "fast")
+        for s in (stages[0].name, stages[-1].name, "bare backbone (frozen)")}
     for r in rows:
         assert r["images_per_s"] > 0 and r["step_ms"] > 0 and r["peak_memory_mb"] > 0
         assert r["tflops"] > 0 and r["mfu"] is None
-    table = proc.stdout.strip().splitlines()
-    assert "images/s" in table[-len(rows) - 2]  # the table comes last, then the JSON path
+    # The bare towers cost less per image than the whole HiVG step built on them.
+    by = {(r["profile"], r["stage"]): r for r in rows}
+    assert by[("reference", "bare backbone (frozen)")]["gflop_per_step"] < \
+        by[("reference", stages[0].name)]["gflop_per_step"]
+
+    modes = {(r["model"], r["mode"]) for r in data["inference"]}
+    assert ("HiVG", "batch 1, model only") in modes
+    assert ("HiVG", "batch 1, one 640x480 JPEG end to end") in modes
+    assert ("bare towers", "batch 2, throughput") in modes
+    for r in data["inference"]:
+        assert 0 < r["median_ms"] <= r["p99_ms"] and r["images_per_s"] > 0
+
+    layouts = {r["layout"]: r for r in data["input_pipeline"]}
+    assert set(layouts) == {"loose JPEG files", "packed shards"}
+    for r in layouts.values():
+        assert r["images"] == 2 * 40 - 32  # two passes less the untimed first batch
+        assert r["images_per_s_per_worker"] > 0
+        assert r["workers_for_fast_last_stage"] >= 1
+    # Tables last: the input pipeline's lines, then the JSON path.
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("JSON:") and "per worker" in lines[-2]
+
+
+@pytest.mark.slow
+def test_profile_accuracy_benchmark_trains_both_profiles_on_the_same_data(synthetic_storage,
+                                                                          tmp_path):
+    out = tmp_path / "acc.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "benchmark.py"), "--profile-accuracy",
+         "--storage", str(synthetic_storage), "--train-samples", "40", "--epochs", "1",
+         "--eval-samples", "8", "--random-init", "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert [r["profile"] for r in data["rows"]] == ["reference", "fast"]
+    ref, fast = data["rows"]
+    assert data["fast_minus_reference"] == pytest.approx(fast["test/acc50"] - ref["test/acc50"])
+    for r in data["rows"]:
+        config = yaml.safe_load((Path(r["run_dir"]) / "config.yaml").read_text())
+        assert config["profile"] == r["profile"] and config["data"]["max_train_samples"] == 40
+    assert "fast - reference" in proc.stdout.strip().splitlines()[-1]

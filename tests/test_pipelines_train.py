@@ -59,6 +59,7 @@ def test_train_then_evaluate_the_selected_checkpoint(synthetic_storage):
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = synthetic_storage / "cli-run"
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["energy_kwh"] is None  # a CPU run: nothing to meter, and no error
     assert "test" in result.stdout and f"results: {run_dir}" in result.stdout
     # The baselines are printed beside the model's accuracy.
     assert "largest_object" in result.stdout
@@ -69,6 +70,11 @@ def test_train_then_evaluate_the_selected_checkpoint(synthetic_storage):
     line = next(l for l in result.stdout.splitlines() if l.startswith("test"))
     assert float(line.split()[-1]) == pytest.approx(summary["test/acc50"], abs=1e-4)
     assert (run_dir / "eval" / "synthetic" / "test.parquet").is_file()
+    # The miss breakdown: a hit's box centre lies inside its target, so acc50 is the share
+    # of right objects times the hit rate among them.
+    words = next(l for l in result.stdout.splitlines() if "right object chosen" in l).split()
+    located, if_located = float(words[-6].rstrip(";")), float(words[-1])
+    assert located * if_located == pytest.approx(summary["test/acc50"], abs=2e-3)
 
     # A file that is not a training checkpoint: exit 2, one line.
     clip_only = synthetic_storage / "clip-only.pt"

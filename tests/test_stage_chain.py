@@ -4,7 +4,6 @@ Real tiny model, real synthetic data, real MLflow (sqlite)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,16 +16,32 @@ import torch
 from hivg.train import fit as fit_module
 from hivg.train.checkpoint import load_checkpoint
 from hivg.train.fit import fit
+from hivg.train.hooks import TrainHooks
 from hivg.train.stage_cache import StageCache, code_fingerprint, data_fingerprint, stage_key
 from test_train import Sabotaged, records, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(config, run_dir: Path, cache: StageCache) -> list[str]:
+def run(config, run_dir: Path, cache: StageCache, hooks=None) -> list[str]:
     messages: list[str] = []
-    fit(config, run_dir, log=messages.append, show_progress=False, stage_cache=cache)
+    fit(config, run_dir, hooks=hooks, log=messages.append, show_progress=False,
+        stage_cache=cache)
     return messages
+
+
+class Reports(TrainHooks):
+    """What a searcher would see; stops the run (like ASHA) after `stop_after` reports."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.seen: list[dict] = []
+        self.stop_after = stop_after
+
+    def report(self, metrics, checkpoint):
+        self.seen.append({k: metrics[k] for k in ("stage_index", "epoch", "global_epoch",
+                                                  "val/acc50")})
+        if self.stop_after is not None and len(self.seen) == self.stop_after:
+            raise KeyboardInterrupt("stopped by the scheduler")
 
 
 def reused(messages: list[str]) -> list[str]:
@@ -43,19 +58,28 @@ def test_stage_cache_reuses_a_shared_prefix_and_retrains_what_changed(synthetic_
                                                                       tmp_path):
     cache = StageCache(tmp_path / "stage-cache", log=lambda _m: None)
     base = tiny_config(synthetic_storage / "data", epochs=(1, 1, 1), batch=16)
-    first = run(base, tmp_path / "a", cache)
+    trained = Reports()
+    first = run(base, tmp_path / "a", cache, trained)
     assert reused(first) == [] and len(cache.entries()) == 3
 
     # Differs only in its last stage: stages 0 and 1 come from the cache, stage 2 trains.
     last_changed = base.replace({"hilora.stages.stage2.lr": 1e-5})
-    second = run(last_changed, tmp_path / "b", cache)
+    replayed = Reports()
+    second = run(last_changed, tmp_path / "b", cache, replayed)
     assert reused(second) == ["stage0", "stage1"]
+    # A searcher sees a reused stage's epochs exactly as they were reported when trained.
+    assert replayed.seen[:2] == trained.seen[:2] and len(replayed.seen) == 3
     assert stage_rows(tmp_path / "b", "stage0") == stage_rows(tmp_path / "a", "stage0")
     a1 = load_checkpoint(tmp_path / "a" / "checkpoints" / "stage1_best.pt")["model"]
     b1 = load_checkpoint(tmp_path / "b" / "checkpoints" / "stage1_best.pt")["model"]
     assert all(torch.equal(a1[k], b1[k]) for k in a1)
     assert [r["global_epoch"] for r in records(tmp_path / "b")] == \
         [r["global_epoch"] for r in records(tmp_path / "a")]
+
+    # A scheduler stopping the run during the replay stops its record there too.
+    with pytest.raises(KeyboardInterrupt):
+        run(last_changed, tmp_path / "stopped", cache, Reports(stop_after=1))
+    assert [r["stage"] for r in records(tmp_path / "stopped") if r["epoch"] >= 1] == ["stage0"]
 
     # An upstream change (stage 0's learning rate) invalidates every later stage.
     upstream = base.replace({"hilora.stages.stage0.lr": 2e-3})

@@ -18,7 +18,8 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # noqa: E402
-from mlflow_server import free_port, mlflow_server  # noqa: E402,F401  (fixture)
+from hivg.tracking.server import free_port  # noqa: E402
+from mlflow_server import mlflow_server  # noqa: E402,F401  (fixture)
 
 from hivg.errors import UserError  # noqa: E402
 from hivg.tracking import (RUN_KEY_TAG, MlflowTracker, check_reachable, find_run,  # noqa: E402
@@ -360,3 +361,12 @@ def test_tracking_server_round_trip(mlflow_server, tmp_path):
                               path="results")["files"]
     assert [f["path"] for f in files] == ["results/summary.json"]
     assert list((mlflow_server.root / "artifacts").rglob("summary.json"))
+
+
+def test_local_server_that_cannot_start_fails_with_its_log_in_one_error(tmp_path):
+    from hivg.tracking.server import mlflow_server
+
+    with pytest.raises(UserError, match="did not answer") as info:
+        with mlflow_server("nosuchscheme://nowhere", tmp_path, timeout=90):
+            pass
+    assert "nosuchscheme" in str(info.value) and "\n" not in str(info.value)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from hivg.config import load_preset
-from hivg.data.prepare import prepare_synthetic
 from hivg.train import fit as fit_module
 from hivg.train.checkpoint import load_checkpoint
 from hivg.train.fit import fit

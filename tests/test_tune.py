@@ -28,7 +28,7 @@ overrides:
 
 def write_study(tmp_path: Path, data_dir: Path, body: str, e0: int = 1) -> Path:
     path = tmp_path / "study.yaml"
-    path.write_text(f"base: tiny\ndatasets: [synthetic]\n"
+    path.write_text("base: tiny\ndatasets: [synthetic]\n"
                     + SHORT.format(e0=e0).replace("overrides:\n",
                                                   f"overrides:\n  data.data_dir: {data_dir}\n")
                     + body)

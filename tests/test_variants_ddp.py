@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hivg.orchestration.search_space import config_for, load_study, variant_trials
+from hivg.tracking.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p for p in (ROOT / "search_spaces").glob("*.yaml")
@@ -73,14 +74,6 @@ def _worker(rank: int, world: int, port: int, configs: list) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("study_path", STUDIES, ids=lambda p: p.stem)
 def test_every_shipped_variant_takes_ddp_steps_without_unused_parameter_search(study_path):
@@ -90,4 +83,4 @@ def test_every_shipped_variant_takes_ddp_steps_without_unused_parameter_search(s
                .replace({"model.weights": None}).to_dict()
                for t in variant_trials(study) if t.dataset == dataset and t.seed == study.seeds[0]]
     assert len(configs) == len(study.variants)
-    mp.spawn(_worker, args=(2, _free_port(), configs), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), configs), nprocs=2, join=True)

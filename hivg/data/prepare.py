@@ -210,7 +210,7 @@ def prepare_synthetic(storage: str | Path, seed: int = 0, sizes: dict[str, int] 
     _write_splits("synthetic", data_dir, tables, pack_images, pack_max_side)
     baselines = compute_baselines(data_dir, "synthetic", list(sizes), sidecar, seed)
     (folder / "baselines.json").write_text(json.dumps(baselines, indent=1))
-    notes = [f"baselines (acc50): " + "; ".join(
+    notes = ["baselines (acc50): " + "; ".join(
         f"{name} " + ", ".join(f"{s} {v:.3f}" for s, v in per.items())
         for name, per in baselines.items())]
     report = _finish(PrepareReport("synthetic", folder, summaries, notes=notes))

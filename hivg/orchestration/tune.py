@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from hivg.errors import UserError
 from hivg.orchestration.run import DistributedOptions, TrackingOptions, run_training
-from hivg.orchestration.search_space import (Study, apply_trial, config_for, grid_points,
+from hivg.orchestration.search_space import (Study, config_for, grid_points,
                                              sample_space, variant_trials)
 
 EPOCH_ATTR = "global_epoch"  # our own counter: Tune's iteration restarts after a restore
@@ -348,7 +348,7 @@ def format_table(table: dict[str, Any]) -> str:
     datasets = list(dict.fromkeys(r["dataset"] for r in table["rows"]))
     variants = list(dict.fromkeys(r["variant"] for r in table["rows"]))
     cell = {(r["variant"], r["dataset"]): r for r in table["rows"]}
-    lines = [f"| variant | " + " | ".join(f"{d} test acc50" for d in datasets) + " |",
+    lines = ["| variant | " + " | ".join(f"{d} test acc50" for d in datasets) + " |",
              "|---|" + "---|" * len(datasets)]
     for v in variants:
         parts = []

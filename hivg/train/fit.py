@@ -34,6 +34,8 @@ from hivg.errors import UserError
 from hivg.losses import build_criterion
 from hivg.model.build import build_model
 from hivg.model.lora import apply_stage
+from hivg.train.energy import EnergyMeter
+from hivg.train.energy import device_indices as energy_device_indices
 from hivg.train.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from hivg.train.hooks import NullTracker, Tracker, TrainHooks
 from hivg.train.loop import EvalResult, NonFiniteLossError, evaluate, train_one_epoch
@@ -172,6 +174,7 @@ class Trainer:
         self._prepare_run_dir(resume)
         self.s = setup(self.config, self.hooks)
         self.hooks.mark("setup_done")
+        self.energy = EnergyMeter(energy_device_indices(self.s.device)).start()
         stages = self.config.hilora.stages
         world = self.hooks.world_size
         self.tracker.log_params(flatten(self.config.to_dict()))
@@ -312,10 +315,16 @@ class Trainer:
         if self.hooks.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cached.checkpoint, self._best_path(stage.name))
-            for row in cached.metrics:
-                values = {n: v for n, v in row.items()
-                          if n not in ("stage", "stage_index", "epoch", "global_epoch")}
-                self._record(k, row["epoch"], row["global_epoch"], values)
+        # Each epoch is recorded and reported as if trained, one by one: a searcher sees the
+        # stream it would have seen, and a scheduler that stops the trial part-way stops the
+        # record there too.
+        for row in cached.metrics:
+            values = {n: v for n, v in row.items()
+                      if n not in ("stage", "stage_index", "epoch", "global_epoch")}
+            self._record(k, row["epoch"], row["global_epoch"], values)
+            if row["epoch"] >= 1:
+                self.hooks.report({**values, "stage_index": k, "epoch": row["epoch"],
+                                   "global_epoch": row["global_epoch"], "reused": 1}, None)
         info = cached.info
         self.log(f"[{stage.name}] reused from the stage cache ({cached.key}): val/acc50 "
                  f"{info['val/acc50']:.4f} at epoch {info['epoch']}, saved "
@@ -403,6 +412,11 @@ class Trainer:
                 write_predictions(self.run_dir / "predictions" / f"{split}.parquet", result, rows)
         world = self.hooks.world_size
         last_stage = self.config.hilora.stages[-1]
+        # Every worker meters its own GPU; the run's energy is their sum (None without NVML).
+        energy = self.energy.stop() if getattr(self, "energy", None) else None
+        if world > 1:
+            measured = self.hooks.gather(energy)
+            energy = None if any(e is None for e in measured) else float(sum(measured))
         summary = {
             "name": self.run_dir.name,
             **{f"{s}/acc50": v["acc50"] for s, v in splits.items()},
@@ -418,6 +432,7 @@ class Trainer:
             "lr_scaling": self.config.optim.scale_lr,
             "device": self.s.device.type,
             "text_blind": self.config.data.text_blind,
+            "energy_kwh": energy,
         }
         if self.hooks.is_main:
             shutil.copyfile(self._best_path(best["stage"]), self.ckpt_dir / "best.pt")
@@ -425,6 +440,8 @@ class Trainer:
             self.tracker.log_metrics({f"{s}/acc50": v["acc50"] for s, v in splits.items()
                                       if s != self.config.data.val_split and
                                       math.isfinite(v["acc50"])}, step=global_epoch)
+            if energy is not None:
+                self.tracker.log_metrics({"energy_kwh": energy}, step=global_epoch)
         return summary
 
 

@@ -20,7 +20,7 @@ from hivg.train.fit import amp_dtype_for
 from hivg.train.profile import apply_profile
 from hivg.train.hooks import TrainHooks
 from hivg.train.loop import evaluate
-from hivg.train.metrics import accuracy_by_type, write_predictions
+from hivg.train.metrics import accuracy_by_type, localisation, write_predictions
 
 
 def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, Config]:
@@ -63,5 +63,6 @@ def evaluate_checkpoint(checkpoint: Path, dataset: str, data_dir: Path, splits: 
         types = [ds.rows["expr_type"][i] for i in result.indices]
         write_predictions(out_dir / f"{split}.parquet", result, ds.rows)
         results[split] = {"acc50": result.acc50, "count": int(len(result.iou)),
-                          "by_type": accuracy_by_type(result.hits, types)}
+                          "by_type": accuracy_by_type(result.hits, types),
+                          **localisation(result.boxes, ds.boxes[result.indices])}
     return results

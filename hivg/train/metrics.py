@@ -50,6 +50,22 @@ def accuracy_by_type(hits: np.ndarray, types: Iterable[str]) -> dict[str, float]
     return {t: float(np.mean(v)) for t, v in sorted(groups.items())}
 
 
+def localisation(pred_boxes: np.ndarray, gt_boxes: np.ndarray) -> dict[str, float]:
+    """Where misses come from, for (N, 4) xyxy predictions and targets. `located`: share of
+    predictions whose centre lies inside the target's box (the right object was chosen);
+    `acc50_if_located`: acc50 among those. A low first and a high second say choosing the
+    object is the limit, not drawing its box."""
+    pred, gt = np.asarray(pred_boxes, dtype=float), np.asarray(gt_boxes, dtype=float)
+    cx, cy = (pred[:, 0] + pred[:, 2]) / 2, (pred[:, 1] + pred[:, 3]) / 2
+    located = (cx >= gt[:, 0]) & (cx <= gt[:, 2]) & (cy >= gt[:, 1]) & (cy <= gt[:, 3])
+    lt, rb = np.maximum(pred[:, :2], gt[:, :2]), np.minimum(pred[:, 2:], gt[:, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(1)
+    union = (pred[:, 2:] - pred[:, :2]).prod(1) + (gt[:, 2:] - gt[:, :2]).prod(1) - inter
+    hits = inter / np.maximum(union, 1e-9) >= 0.5
+    return {"located": float(located.mean()) if len(pred) else float("nan"),
+            "acc50_if_located": float(hits[located].mean()) if located.any() else float("nan")}
+
+
 def write_predictions(path: Path, result, rows: dict[str, list]) -> None:
     """predictions/SPLIT.parquet: one row per expression with its box, IoU and hit."""
     path.parent.mkdir(parents=True, exist_ok=True)
