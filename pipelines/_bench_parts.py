@@ -18,7 +18,7 @@ import torch
 PHRASE = "the small red circle to the left of the blue square"
 
 
-def _timed(fn: Callable[[], Any], steps: int, warmup: int, sync: Callable[[], None]
+def timed(fn: Callable[[], Any], steps: int, warmup: int, sync: Callable[[], None]
            ) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -32,11 +32,11 @@ def _timed(fn: Callable[[], Any], steps: int, warmup: int, sync: Callable[[], No
     return times
 
 
-def _sync(device) -> Callable[[], None]:
+def sync_for(device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def _flops(fn: Callable[[], Any]) -> int:
+def count_flops(fn: Callable[[], Any]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -50,13 +50,15 @@ def _p99(times: list[float]) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-def _random_batch(config, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def random_batch(config, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random images and token rows (start, random ids, end at half length, padding)."""
     size, ctx = config.model.image_size, config.model.context_length
+    image = torch.randn(batch, 3, size, size, generator=generator)
     tokens = torch.randint(1, 49000, (batch, ctx), generator=generator)
     tokens[:, 0], tokens[:, ctx // 2] = 49406, 49407
     tokens[:, ctx // 2 + 1:] = 0
-    return {"image": torch.randn(batch, 3, size, size, generator=generator),
-            "pad_mask": torch.zeros(batch, size, size, dtype=torch.bool), "tokens": tokens}
+    return {"image": image, "pad_mask": torch.zeros(batch, size, size, dtype=torch.bool),
+            "tokens": tokens}
 
 
 # -- the bare backbone ---------------------------------------------------------------------
@@ -77,7 +79,7 @@ def backbone_step_row(config, profile_name: str, batch: int, steps: int, warmup:
     clip.requires_grad_(False)
     scale = torch.nn.Parameter(torch.ones((), device=device))
     optimizer = torch.optim.AdamW([scale], lr=1e-4, fused=prof.fused_adamw or None)
-    host = _random_batch(cfg, batch, torch.Generator().manual_seed(0))
+    host = random_batch(cfg, batch, torch.Generator().manual_seed(0))
 
     def step():
         image = host["image"].to(device, non_blocking=prof.pin_memory)
@@ -96,20 +98,20 @@ def backbone_step_row(config, profile_name: str, batch: int, steps: int, warmup:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = _timed(step, steps, warmup, _sync(device))
-    flops = _flops(step)
+    times = timed(step, steps, warmup, sync_for(device))
+    flops = count_flops(step)
     step_s = statistics.median(times)
     tflops = flops / step_s / 1e12
     return {"profile": profile_name, "stage": "bare backbone (frozen)", "batch": batch,
             "images_per_s": batch / step_s, "step_ms": step_s * 1e3,
-            "peak_memory_mb": _peak_mb(device), "gflop_per_step": flops / 1e9,
+            "peak_memory_mb": peak_memory_mb(device), "gflop_per_step": flops / 1e9,
             "tflops": tflops, "mfu": tflops / peak_tflops if peak_tflops else None,
             "settings": {"amp_dtype": prof.amp_dtype or "fp32", "attention": prof.attention,
                          "fused_adamw": prof.fused_adamw, "tf32": prof.tf32,
                          "pin_memory": prof.pin_memory, "find_unused": False}}
 
 
-def _peak_mb(device) -> float:
+def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     import resource
@@ -155,7 +157,7 @@ def inference_rows(config, batch: int, steps: int, warmup: int, device,
     clip = bb.create_clip(cfg.model.clip, prof.attention).to(device).eval()
     if compile_model:
         model = torch.compile(model)
-    sync = _sync(device)
+    sync = sync_for(device)
     amp = prof.torch_amp_dtype
     size, ctx = cfg.model.image_size, cfg.model.context_length
     transform = LetterboxTransform(size, train=False)
@@ -180,23 +182,23 @@ def inference_rows(config, batch: int, steps: int, warmup: int, device,
                                      sample["offset"][None].to(device),
                                      torch.tensor([[640.0, 480.0]], device=device), size).cpu()
 
-    one = {k: v.to(device) for k, v in _random_batch(cfg, 1, torch.Generator().manual_seed(1))
+    one = {k: v.to(device) for k, v in random_batch(cfg, 1, torch.Generator().manual_seed(1))
            .items()}
-    many = {k: v.to(device) for k, v in _random_batch(cfg, batch, torch.Generator().manual_seed(2))
+    many = {k: v.to(device) for k, v in random_batch(cfg, batch, torch.Generator().manual_seed(2))
             .items()}
     rows = []
     for what, fn, b in (("HiVG", hivg_forward, one), ("bare towers", towers_forward, one)):
-        times = _timed(lambda: fn(b), steps * 4, warmup * 2, sync)
+        times = timed(lambda: fn(b), steps * 4, warmup * 2, sync)
         rows.append({"model": what, "mode": "batch 1, model only", "batch": 1,
                      "median_ms": 1e3 * statistics.median(times), "p99_ms": 1e3 * _p99(times),
                      "images_per_s": 1 / statistics.median(times)})
-    times = _timed(end_to_end, steps * 4, warmup * 2, sync)
+    times = timed(end_to_end, steps * 4, warmup * 2, sync)
     rows.append({"model": "HiVG", "mode": "batch 1, one 640x480 JPEG end to end", "batch": 1,
                  "median_ms": 1e3 * statistics.median(times), "p99_ms": 1e3 * _p99(times),
                  "images_per_s": 1 / statistics.median(times)})
     for what, fn in (("HiVG", hivg_forward), ("bare towers", towers_forward)):
-        times = _timed(lambda: fn(many), steps, warmup, sync)
-        flops = _flops(lambda: fn(many))
+        times = timed(lambda: fn(many), steps, warmup, sync)
+        flops = count_flops(lambda: fn(many))
         step_s = statistics.median(times)
         tflops = flops / step_s / 1e12
         rows.append({"model": what, "mode": f"batch {batch}, throughput", "batch": batch,

@@ -62,6 +62,10 @@ def parse_args() -> argparse.Namespace:
                       help="per-epoch time and start-up: local run vs one Ray Train worker")
     mode.add_argument("--training-step", action="store_true",
                       help="training step at stage 0 and the last stage, reference vs fast")
+    mode.add_argument("--profile-accuracy", action="store_true",
+                      help="the tiny model trained under reference and fast, same seed: test acc50")
+    mode.add_argument("--search-efficiency", action="store_true",
+                      help="the full grid vs TPE + ASHA over the same space (--space)")
     p.add_argument("--preset", choices=preset_names(), default=None,
                    help="training-step model (default: hivg-b16 on CUDA, tiny on CPU)")
     p.add_argument("--batch", type=int, default=None,
@@ -74,10 +78,6 @@ def parse_args() -> argparse.Namespace:
                    help="training-step run: JPEGs in the input-pipeline test (512 CUDA, 128 CPU)")
     p.add_argument("--compile", action="store_true",
                    help="training-step run: torch.compile the model for the inference rows")
-    mode.add_argument("--profile-accuracy", action="store_true",
-                      help="the tiny model trained under reference and fast, same seed: test acc50")
-    mode.add_argument("--search-efficiency", action="store_true",
-                      help="the full grid vs TPE + ASHA over the same space (--space)")
     p.add_argument("--space", default="search_spaces/search_efficiency.yaml",
                    help="study file with a space: (search efficiency)")
     p.add_argument("--storage", default=SEARCH_STORAGE,
@@ -225,12 +225,11 @@ def _bf16_matmul_peak_tflops(device) -> float:
 
 def _training_step_row(config, stage_index: int, profile_name: str, batch: int, steps: int,
                        warmup: int, device, peak_tflops):
-    import resource
     import statistics
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
+    import _bench_parts as parts
     from hivg.losses import build_criterion
     from hivg.model.build import build_model
     from hivg.model.lora import apply_stage
@@ -248,15 +247,9 @@ def _training_step_row(config, stage_index: int, profile_name: str, batch: int, 
     optimizer = build_optimizer(model, 1e-4, cfg.optim.weight_decay, fused=prof.fused_adamw)
     amp = prof.torch_amp_dtype
 
-    size, ctx = cfg.model.image_size, cfg.model.context_length
     g = torch.Generator().manual_seed(0)
-    host = {"image": torch.randn(batch, 3, size, size, generator=g),
-            "pad_mask": torch.zeros(batch, size, size, dtype=torch.bool),
-            "tokens": torch.randint(1, 49000, (batch, ctx), generator=g),
-            "box": torch.rand(batch, 4, generator=g) * 0.4 + 0.3}
-    host["tokens"][:, 0] = 49406
-    host["tokens"][:, ctx // 2] = 49407
-    host["tokens"][:, ctx // 2 + 1:] = 0
+    host = parts.random_batch(cfg, batch, g)
+    host["box"] = torch.rand(batch, 4, generator=g) * 0.4 + 0.3
     if prof.pin_memory:
         host = {k: v.pin_memory() for k, v in host.items()}
 
@@ -269,35 +262,17 @@ def _training_step_row(config, stage_index: int, profile_name: str, batch: int, 
         loss.backward()
         optimizer.step()
 
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    sync()
-    flops = counter.get_total_flops()
+    times = parts.timed(step, steps, warmup, parts.sync_for(device))
+    flops = parts.count_flops(step)
     step_s = statistics.median(times)
-    if cuda:
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     tflops = flops / step_s / 1e12
     stage = cfg.hilora.stages[stage_index]
     return {"profile": profile_name, "stage": stage.name, "stage_index": stage_index,
             "batch": batch, "images_per_s": batch / step_s, "step_ms": step_s * 1e3,
-            "peak_memory_mb": peak_mb, "gflop_per_step": flops / 1e9, "tflops": tflops,
-            "mfu": tflops / peak_tflops if peak_tflops else None,
+            "peak_memory_mb": parts.peak_memory_mb(device), "gflop_per_step": flops / 1e9,
+            "tflops": tflops, "mfu": tflops / peak_tflops if peak_tflops else None,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "settings": {"amp_dtype": prof.amp_dtype or "fp32", "attention": prof.attention,
                          "fused_adamw": prof.fused_adamw, "tf32": prof.tf32,
@@ -414,7 +389,6 @@ def run_profile_accuracy(storage: str, train_samples: int, epochs: int, out: str
                          eval_samples: int | None = None, random_init: bool = False) -> None:
     """The tiny model on the synthetic benchmark, one stage, trained twice with the same seed
     and data: profile reference, then fast; test acc50 of each and the difference."""
-    import dataclasses
     import json
     from pathlib import Path
 
@@ -424,16 +398,14 @@ def run_profile_accuracy(storage: str, train_samples: int, epochs: int, out: str
     from hivg.data.manifest import list_splits
     from hivg.data.prepare import ensure_synthetic
     from hivg.orchestration.run import TrackingOptions, run_training
+    from hivg.orchestration.search_space import apply_study_overrides
     from hivg.train.pretrain import resolve_weights
 
     storage_path = Path(storage).resolve()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tiny = load_preset("tiny")
-    one_stage = dataclasses.replace(tiny, hilora=dataclasses.replace(
-        tiny.hilora, stages=tiny.hilora.stages[:1]))
-    base = with_storage_defaults(one_stage, storage_path).replace({
-        "data.max_train_samples": train_samples, "data.max_eval_samples": eval_samples,
-        "hilora.stages.stage0.epochs": epochs})
+    base = apply_study_overrides(with_storage_defaults(load_preset("tiny"), storage_path), {
+        "hilora.num_stages": 1, "data.max_train_samples": train_samples,
+        "data.max_eval_samples": eval_samples, "hilora.stages.stage0.epochs": epochs})
     if not list_splits(base.data.data_dir, "synthetic"):
         ensure_synthetic(storage_path, seed=0, log=print)
     base = base.replace({"model.weights": None}) if random_init else \

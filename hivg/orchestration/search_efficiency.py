@@ -47,16 +47,10 @@ class SearchOutcome:
 
 def _value(config: dict, dotted: str) -> Any:
     """A config value by its override path (hilora.stages.NAME.x addresses a stage by name)."""
-    parts = dotted.split(".")
     node: Any = config
-    i = 0
-    while i < len(parts):
-        part = parts[i]
-        if isinstance(node, list):  # stages: a list of dicts named by `name`
-            node = next(s for s in node if s.get("name") == part)
-        else:
-            node = node[part]
-        i += 1
+    for part in dotted.split("."):
+        node = next(s for s in node if s.get("name") == part) if isinstance(node, list) \
+            else node[part]
     return node
 
 

@@ -254,7 +254,7 @@ def load_study(path: str | Path) -> Study:
     for key in overrides:
         _check_key(where, "overrides", base, key)
     try:
-        base = _valid(_apply(base, overrides))
+        base = _valid(apply_study_overrides(base, overrides))
     except ConfigError as e:
         _fail(where, f"overrides: the base with these overrides is not a valid config ({e})")
 
@@ -333,7 +333,7 @@ def grid_points(study: Study) -> list[dict[str, Any]]:
 
 def apply_trial(study: Study, overrides: dict[str, Any]) -> Config:
     """The study's base with a point's (or a variant's) dotted overrides applied."""
-    return _apply(study.base, overrides)
+    return apply_study_overrides(study.base, overrides)
 
 
 def variant_trials(study: Study) -> list[TrialSpec]:
@@ -357,7 +357,7 @@ def config_for(study: Study, overrides: dict[str, Any], dataset: str, seed: int,
 # ----------------------------------------------------------------------------- applying
 
 
-def _apply(config: Config, overrides: dict[str, Any]) -> Config:
+def apply_study_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     """The one place `hilora.num_stages` is handled: keep the first N stages, then apply the
     other dotted overrides (so keys of dropped stages are unknown keys). Always a fresh
     Config (nothing shared with `config`)."""
@@ -651,7 +651,7 @@ def _space(where: str, base: Config, raw: Any) -> dict[str, Domain]:
                          f"stages: {', '.join(s.name for s in base.hilora.stages[:max_kept])})")
         for label, value in _probe_values(domain):
             try:
-                _valid(_apply(base, {key: value}))
+                _valid(apply_study_overrides(base, {key: value}))
             except ConfigError as e:
                 hint = ""
                 if domain.kind in ("uniform", "loguniform") and "expected an integer" in str(e):
@@ -683,7 +683,7 @@ def _check_points_jointly(where: str, base: Config, space: dict[str, Domain]) ->
         return
     for point in _enumerate(base, space):
         try:
-            _valid(_apply(base, point))
+            _valid(apply_study_overrides(base, point))
         except ConfigError as e:
             _fail(where, f"space: the point {_encode(point)} is not a valid config ({e})")
 
@@ -701,14 +701,14 @@ def _variants(where: str, base: Config, raw: Any) -> dict[str, dict[str, Any]]:
         target, listing = base, "the base has"
         if NUM_STAGES in delta:
             try:
-                target = _apply(base, {NUM_STAGES: delta[NUM_STAGES]})
+                target = apply_study_overrides(base, {NUM_STAGES: delta[NUM_STAGES]})
             except ConfigError as e:
                 _fail(where, f"{at}.{e}")
             listing = f"{NUM_STAGES}={delta[NUM_STAGES]} keeps"
         for key in delta:
             _check_key(where, at, target, key, listing)
         try:
-            _valid(_apply(base, delta))
+            _valid(apply_study_overrides(base, delta))
         except ConfigError as e:
             _fail(where, f"{at}: the base with this delta is not a valid config ({e})")
         variants[name] = delta

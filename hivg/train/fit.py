@@ -413,7 +413,7 @@ class Trainer:
         world = self.hooks.world_size
         last_stage = self.config.hilora.stages[-1]
         # Every worker meters its own GPU; the run's energy is their sum (None without NVML).
-        energy = self.energy.stop() if getattr(self, "energy", None) else None
+        energy = self.energy.stop()
         if world > 1:
             measured = self.hooks.gather(energy)
             energy = None if any(e is None for e in measured) else float(sum(measured))

@@ -13,6 +13,9 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+
+from hivg.ops.boxes import elementwise_iou
 
 
 class MetricsLog:
@@ -58,10 +61,7 @@ def localisation(pred_boxes: np.ndarray, gt_boxes: np.ndarray) -> dict[str, floa
     pred, gt = np.asarray(pred_boxes, dtype=float), np.asarray(gt_boxes, dtype=float)
     cx, cy = (pred[:, 0] + pred[:, 2]) / 2, (pred[:, 1] + pred[:, 3]) / 2
     located = (cx >= gt[:, 0]) & (cx <= gt[:, 2]) & (cy >= gt[:, 1]) & (cy <= gt[:, 3])
-    lt, rb = np.maximum(pred[:, :2], gt[:, :2]), np.minimum(pred[:, 2:], gt[:, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(1)
-    union = (pred[:, 2:] - pred[:, :2]).prod(1) + (gt[:, 2:] - gt[:, :2]).prod(1) - inter
-    hits = inter / np.maximum(union, 1e-9) >= 0.5
+    hits = (elementwise_iou(torch.from_numpy(pred), torch.from_numpy(gt)) >= 0.5).numpy()
     return {"located": float(located.mean()) if len(pred) else float("nan"),
             "acc50_if_located": float(hits[located].mean()) if located.any() else float("nan")}
 
