@@ -21,6 +21,17 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the study's Tune state")
 
 
+def storage_folder(text: str) -> Path:
+    """Studies keep their storage in a folder (every node must see it on a cluster); S3
+    storage is for single runs (pipelines/train.py) so far."""
+    from hivg.errors import UserError
+
+    if "://" in text:
+        raise UserError(f"--storage {text}: studies need a folder (S3 storage is supported by "
+                        "pipelines/train.py only so far)")
+    return Path(text)
+
+
 def prepare(study, storage: Path, log=print):
     """Synthetic data and the tiny CLIP's weights made once, before any trial starts."""
     from hivg.cli import with_storage_defaults

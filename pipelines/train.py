@@ -5,6 +5,7 @@
     python pipelines/train.py --name my-run --resume  # continue an interrupted run
     python pipelines/train.py --workers 2             # the same run on 2 Ray Train workers
     python pipelines/train.py --workers 8 --gpus-per-worker 1 --address auto --storage /shared/runs
+    python pipelines/train.py --storage s3://bucket/prefix   # run folders on S3 (env credentials)
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--config", help="YAML config file (may start from `preset: NAME`)")
     p.add_argument("--preset", default="tiny", choices=preset_names(),
                    help="preset when no --config is given (default: tiny)")
-    p.add_argument("--storage", default="runs", help="folder for runs, data and caches")
+    p.add_argument("--storage", default="runs", help="folder for runs, data and caches, or "
+                   "s3://BUCKET/PREFIX (credentials from the environment; local files in "
+                   "$HIVG_MIRROR_DIR, default ~/.cache/hivg/mirror)")
     p.add_argument("--name", help="run name (default: derived from the config)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -50,14 +53,20 @@ def main() -> int:
     args = parse_args()
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
-    storage = Path(args.storage)
+    from hivg.orchestration.remote_storage import open_storage
+
+    remote = open_storage(args.storage)
+    if remote:
+        remote.check()  # before any data, weights or training
+    # Data, weights and run folders are local files: the folder itself, or the S3 mirror.
+    storage = remote.mirror if remote else Path(args.storage)
     config = with_storage_defaults(resolve_config(args.config, args.preset, args.overrides), storage)
 
     from hivg.data.manifest import list_splits
     from hivg.data.prepare import ensure_synthetic
+    from hivg.orchestration.remote_stage_cache import stage_cache_for
     from hivg.orchestration.run import DistributedOptions, TrackingOptions, run_training
     from hivg.train.fit import preflight
-    from hivg.train.stage_cache import StageCache
     from hivg.train.pretrain import resolve_weights
 
     if config.data.dataset == "synthetic" and not list_splits(config.data.data_dir, "synthetic"):
@@ -66,18 +75,20 @@ def main() -> int:
     config = resolve_weights(config, storage, log=print)
     name = args.name or default_run_name(config)
     run_dir = storage / name
-    print(f"run: {run_dir}")
+    where = remote.url(name) if remote else run_dir
+    print(f"run: {where}" + (f" (local mirror {run_dir})" if remote else ""))
+    storage_arg = remote.uri if remote else storage  # what the driver and the cache are given
     summary = run_training(
-        config, storage, run_dir, resume=args.resume, show_progress=not args.quiet,
+        config, storage_arg, run_dir, resume=args.resume, show_progress=not args.quiet,
         tracking=TrackingOptions(enabled=not args.no_mlflow, uri=args.mlflow_uri,
                                  experiment=args.experiment, log_model=args.log_model),
         distributed=DistributedOptions(workers=args.workers,
                                        gpus_per_worker=args.gpus_per_worker,
                                        cpus_per_worker=args.cpus_per_worker,
                                        address=args.address, max_failures=args.max_failures),
-        stage_cache=None if args.no_stage_cache else StageCache.for_storage(storage, log=print))
+        stage_cache=None if args.no_stage_cache else stage_cache_for(storage_arg, log=print))
     print_summary(summary, Path(config.data.data_dir) / config.data.dataset)
-    print(f"results: {run_dir}")
+    print(f"results: {where}")
     if summary.get("mlflow_ui"):
         print(f"compare runs: {summary['mlflow_ui']}")
     return 0

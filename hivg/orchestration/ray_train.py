@@ -140,10 +140,23 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
     hooks.find_unused = resolve_profile(config, hooks.device(config.device).type).find_unused
     tracker = loop_config.get("tracker") if hooks.rank == 0 else None
+    run_dir = Path(loop_config["run_dir"])
+    sync = loop_config.get("sync")
+    if sync is not None:
+        # S3 storage: this node's mirror holds the run folder. On another node than the
+        # last writer's, pull it first (config.yaml, last.pt after a restart).
+        run_dir = sync.local
+        sync.pull(foreign_only=True)
+        hooks.barrier()
+        from hivg.orchestration.remote_storage import SyncHooks
+
+        hooks = SyncHooks(hooks, sync)
     # The driver created the run folder; resuming is always safe here: with no last.pt the
     # trainer starts from scratch, otherwise it continues where the last attempt stopped.
-    fit(config, Path(loop_config["run_dir"]), hooks=hooks, tracker=tracker, resume=True,
+    fit(config, run_dir, hooks=hooks, tracker=tracker, resume=True,
         show_progress=False, stage_cache=loop_config.get("stage_cache"))
+    if sync is not None and hooks.is_main:
+        sync.push()  # summary, predictions, best.pt
 
 
 def check_resources(resources: RayResources) -> None:
@@ -163,10 +176,14 @@ def check_resources(resources: RayResources) -> None:
                         f"({resources.cpus_per_worker:g} per worker), the cluster has {cpus:g}")
 
 
-def check_shared_storage(storage: Path) -> None:
+def check_shared_storage(storage: str | Path) -> None:
     """On a multi-node cluster, every node must see the storage folder (the run folder is
     written by rank 0, which may live on any node). Checked for real: a marker file the
-    driver writes must be visible from a task on every node."""
+    driver writes must be visible from a task on every node. S3 storage is shared by
+    construction (each node keeps a mirror and rank 0 pushes): no marker check."""
+    if str(storage).startswith("s3://"):
+        return
+    storage = Path(storage)
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -181,10 +198,11 @@ def check_shared_storage(storage: Path) -> None:
         def sees(path: str) -> bool:
             return os.path.exists(path)
 
-        checks = {n["NodeManagerAddress"]: sees.options(
+        # One check per node (several nodes may share an address).
+        checks = [(f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})", sees.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(str(marker)) for n in nodes}
-        blind = [addr for addr, ref in checks.items() if not ray.get(ref, timeout=60)]
+        ).remote(str(marker))) for n in nodes]
+        blind = [node for node, ref in checks if not ray.get(ref, timeout=60)]
     finally:
         marker.unlink(missing_ok=True)
     if blind:
@@ -230,17 +248,19 @@ def _check_tcp(address: str, timeout: float = 3.0) -> None:
 def train_on_ray(config: Config, run_dir: Path, resources: RayResources, *,
                  max_failures: int = 0, tracker: Tracker | None = None,
                  stage_cache: Any = None, ray_storage: Path | None = None,
-                 timing: str | None = None, callbacks: list | None = None) -> dict[str, Any]:
+                 timing: str | None = None, callbacks: list | None = None,
+                 sync: Any = None) -> dict[str, Any]:
     """Fit `config` on `resources.workers` Ray Train workers; the run folder must already
     hold config.yaml (the driver prepares it). Returns the run's summary. `timing`: a file
-    that collects start-up milestones (benchmarks)."""
+    that collects start-up milestones (benchmarks). `sync`: the run folder's RunFolderSync
+    with S3 storage (rank 0 pushes; the driver pulls before reading summary.json)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_dir = Path(run_dir).resolve()
     loop_config = {"config": config.to_dict(), "run_dir": str(run_dir), "tracker": tracker,
                    "threads": max(1, int(resources.cpus_per_worker)), "timing": timing,
-                   "stage_cache": stage_cache}
+                   "stage_cache": stage_cache, "sync": sync}
     resources_per_worker = {"CPU": resources.cpus_per_worker}
     if resources.use_gpu:
         resources_per_worker["GPU"] = resources.gpus_per_worker
@@ -253,12 +273,20 @@ def train_on_ray(config: Config, run_dir: Path, resources: RayResources, *,
         run_config=RunConfig(
             # Named from the run, never a timestamp, so a restarted driver finds its state.
             name=run_dir.name,
-            storage_path=str((ray_storage or run_dir.parent / ".ray-train").resolve()),
+            storage_path=_storage_path(ray_storage or run_dir.parent / ".ray-train"),
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=callbacks),
     )
     trainer.fit()
+    if sync is not None:  # rank 0 may have run on another node: its mirror is not ours
+        sync.pull()
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def _storage_path(path: str | Path) -> str:
+    """Ray Train's storage_path: a URI as given (Ray builds its pyarrow filesystem from it),
+    a local folder made absolute."""
+    return str(path) if "://" in str(path) else str(Path(path).resolve())
 
 
 __all__ = ["RayHooks", "RayResources", "train_on_ray", "check_resources",

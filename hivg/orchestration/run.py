@@ -60,10 +60,29 @@ def prepare_run_folder(config: Config, run_dir: Path, resume: bool) -> None:
     config_path.write_text(config.to_yaml())
 
 
+def prepare_remote_run_folder(config: Config, sync, resume: bool) -> None:
+    """prepare_run_folder for S3 storage: the bucket's copy of the run folder is the truth,
+    the mirror a cache of it (pulled on resume, cleared for a new run), config.yaml pushed."""
+    import shutil
+
+    if resume:
+        sync.pull()
+        if not (sync.local / "config.yaml").is_file():
+            raise UserError(f"{sync.url}: nothing to resume (no config.yaml)")
+    elif sync.remote_has("metrics.jsonl") or sync.remote_has("summary.json"):
+        raise UserError(f"{sync.url}: run folder already holds results; pass --resume or "
+                        "choose another --name")
+    elif sync.local.exists():
+        shutil.rmtree(sync.local)  # left over from a run the bucket no longer holds
+    prepare_run_folder(config, sync.local, resume)
+    sync.push()
+
+
 def start_tracker(config: Config, storage: Path, run_dir: Path, options: TrackingOptions,
-                  world_size: int, device_type: str):
+                  world_size: int, device_type: str, run_url: str | None = None):
     """The MLflow run of `run_dir` (resumed when it already exists: the run folder's name is
-    its key), or a NullTracker when tracking is off."""
+    its key), or a NullTracker when tracking is off. `run_url`: the run folder's address
+    when it is not a local path (S3 storage)."""
     if not options.enabled:
         return NullTracker(), None
     try:
@@ -83,11 +102,13 @@ def start_tracker(config: Config, storage: Path, run_dir: Path, options: Trackin
         "seed": str(config.seed), "preset": config.preset, "world_size": str(world_size),
         "device_type": device_type, "code_fingerprint": code_fingerprint(),
         "starting_weights": config.model.weights or "random init",
-        "run_folder": str(run_dir.resolve()), **package_tags(), **options.extra_tags,
+        "run_folder": run_url or str(run_dir.resolve()), **package_tags(),
+        **options.extra_tags,
     }
     tracker = MlflowTracker.start(uri, experiment, run_name=mlflow_run_name(config), tags=tags,
                                   parent_run_id=options.parent_run_id,
-                                  run_key=str(run_dir.resolve()), artifact_location=artifacts)
+                                  run_key=run_url or str(run_dir.resolve()),
+                                  artifact_location=artifacts)
     return tracker, uri
 
 
@@ -101,7 +122,7 @@ def log_run_artifacts(tracker, run_dir: Path, log_model: bool) -> None:
         tracker.log_artifact(run_dir / "checkpoints" / "best.pt", "checkpoints")
 
 
-def run_training(config: Config, storage: Path, run_dir: Path, *, resume: bool = False,
+def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: bool = False,
                  tracking: TrackingOptions | None = None,
                  distributed: DistributedOptions | None = None,
                  stage_cache: Any = None, show_progress: bool = True,
@@ -111,7 +132,21 @@ def run_training(config: Config, storage: Path, run_dir: Path, *, resume: bool =
 
     The MLflow run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C / SIGTERM).
     `hooks`: TrainHooks for a local run (a Tune trial reports through them);
-    `ray_callbacks`: Ray Train callbacks (a Tune trial passes TuneReportCallback)."""
+    `ray_callbacks`: Ray Train callbacks (a Tune trial passes TuneReportCallback).
+
+    S3 storage (`s3://bucket/prefix`): `run_dir` must be `{mirror}/{name}`; the run folder is
+    pushed to `{storage}/{name}/` after every epoch and at the end (hivg.orchestration.
+    remote_storage), and pulled first on resume."""
+    from hivg.orchestration.remote_storage import RunFolderSync, SyncHooks, open_storage
+
+    remote = open_storage(storage)
+    sync = None
+    if remote:
+        remote.check()  # a bad bucket, endpoint or missing credentials: one line, exit 2
+        if Path(run_dir).resolve().parent != remote.mirror:
+            raise ValueError(f"run_dir {run_dir}: with S3 storage it must sit in the mirror "
+                             f"{remote.mirror}")
+        sync = RunFolderSync(remote, Path(run_dir).name)
     tracking = tracking or TrackingOptions()
     distributed = distributed or DistributedOptions()
     on_ray = distributed.workers is not None
@@ -130,11 +165,15 @@ def run_training(config: Config, storage: Path, run_dir: Path, *, resume: bool =
         from hivg.tracking import check_reachable, resolve_tracking_uri
 
         check_reachable(resolve_tracking_uri(tracking.uri, str(storage)))
-    prepare_run_folder(config, run_dir, resume)
+    if sync:
+        prepare_remote_run_folder(config, sync, resume)
+    else:
+        prepare_run_folder(config, run_dir, resume)
     world = distributed.workers or 1
     device_type = "cuda" if distributed.gpus_per_worker > 0 or config.device.startswith("cuda") \
         else ("cpu" if config.device == "cpu" or on_ray else _local_device_type(config))
-    tracker, uri = start_tracker(config, storage, run_dir, tracking, world, device_type)
+    tracker, uri = start_tracker(config, storage, run_dir, tracking, world, device_type,
+                                 run_url=sync.url if sync else None)
     if uri:
         log(f"mlflow: {uri} (experiment {tracking.experiment or config.preset}, run "
             f"{mlflow_run_name(config)})")
@@ -148,12 +187,17 @@ def run_training(config: Config, storage: Path, run_dir: Path, *, resume: bool =
                                              tracker=tracker if uri else None,
                                              stage_cache=stage_cache,
                                              ray_storage=_ray_storage(storage),
-                                             callbacks=ray_callbacks)
+                                             callbacks=ray_callbacks, sync=sync)
         else:
             from hivg.train.fit import fit
+            from hivg.train.hooks import TrainHooks
 
+            if sync:
+                hooks = SyncHooks(hooks or TrainHooks(), sync)
             summary = fit(config, run_dir, hooks=hooks, tracker=tracker, resume=True,
                           show_progress=show_progress, log=log, stage_cache=stage_cache)
+            if sync:
+                sync.push()  # summary, predictions, best.pt
         log_run_artifacts(tracker, run_dir, tracking.log_model)
     if uri:
         from hivg.tracking import ui_command
@@ -171,8 +215,11 @@ def _lifecycle(tracker):
     return tracked_run(tracker)
 
 
-def _ray_storage(storage: Path) -> Path:
-    """Ray Train's own state (its pointer checkpoints) next to the runs, never on a worker."""
+def _ray_storage(storage: str | Path) -> str | Path:
+    """Ray Train's own state (its pointer checkpoints) next to the runs, never on a worker;
+    on S3 Ray writes it there itself (credentials from the environment)."""
+    if "://" in str(storage):
+        return f"{str(storage).rstrip('/')}/.ray-train"
     return Path(storage).resolve() / ".ray-train"
 
 

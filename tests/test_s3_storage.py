@@ -1,0 +1,141 @@
+"""`--storage s3://bucket/prefix` against a real S3 endpoint (moto_server on 127.0.0.1):
+the run folder reaches the bucket after every epoch and at the end, a run resumes from the
+bucket alone, the stage cache is shared through the bucket (marker last), bad URIs fail in
+one line, and no credential is ever written."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from s3_server import ACCESS_KEY, SECRET_KEY
+from hivg.orchestration.remote_stage_cache import stage_cache_for
+from hivg.orchestration.run import TrackingOptions, run_training
+from test_train import Interrupt, StopAfter, tiny_config
+
+pytest_plugins = ["s3_server"]  # the s3 and s3_server fixtures
+REPO = Path(__file__).resolve().parents[1]
+NO_MLFLOW = TrackingOptions(enabled=False)
+
+
+def train(config, uri: str, name: str, log, **kwargs) -> dict:
+    from hivg.orchestration.remote_storage import RemoteStorage
+
+    mirror = RemoteStorage(uri).mirror
+    return run_training(config, uri, mirror / name, tracking=NO_MLFLOW, show_progress=False,
+                        log=log, stage_cache=stage_cache_for(uri, log=log), **kwargs)
+
+
+def bucket_rows(s3, key: str) -> list[tuple[str, int]]:
+    lines = s3.read(key).decode().splitlines()
+    return [(r["stage"], r["epoch"]) for r in map(json.loads, lines)]
+
+
+def test_a_run_reaches_the_bucket_every_epoch_and_resumes_from_it_alone(
+        s3, synthetic_storage, tmp_path):
+    uri = f"s3://{s3.bucket}/team/runs"
+    config = tiny_config(synthetic_storage / "data", epochs=(1, 1, 0), batch=16)
+    messages: list[str] = []
+
+    # Killed right after the report of stage0 epoch 1: that epoch is already in the bucket.
+    with pytest.raises(Interrupt):
+        train(config, uri, "r1", messages.append, hooks=StopAfter(stop_at=(0, 1)))
+    keys = s3.keys("team/runs/r1/")
+    assert {"team/runs/r1/config.yaml", "team/runs/r1/metrics.jsonl",
+            "team/runs/r1/checkpoints/last.pt",
+            "team/runs/r1/checkpoints/stage0_best.pt"} <= set(keys)
+    assert "team/runs/r1/summary.json" not in keys
+    assert bucket_rows(s3, "team/runs/r1/metrics.jsonl") == [("stage0", 0), ("stage0", 1)]
+
+    # The local mirror is gone (another machine, a wiped cache): resume from the bucket.
+    shutil.rmtree(s3.mirror)
+    summary = train(config, uri, "r1", messages.append, resume=True)
+    assert any("resuming r1 at stage0 after epoch 1" in m for m in messages)
+    assert bucket_rows(s3, "team/runs/r1/metrics.jsonl") == [
+        ("stage0", 0), ("stage0", 1), ("stage1", 0), ("stage1", 1), ("stage2", 0)]
+    keys = set(s3.keys("team/runs/r1/"))
+    for rel in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/best.pt",
+                "checkpoints/last.pt", "checkpoints/stage1_best.pt",
+                "predictions/val.parquet", "predictions/test.parquet"):
+        assert f"team/runs/r1/{rel}" in keys, rel
+    remote_summary = json.loads(s3.read("team/runs/r1/summary.json"))
+    assert remote_summary["test/acc50"] == summary["test/acc50"]
+    assert remote_summary["epochs_trained"] == 2
+    # Each finished stage went to the shared stage cache, marker included.
+    markers = [k for k in s3.keys("team/runs/stage-cache/") if k.endswith("/COMPLETE")]
+    assert len(markers) == 3
+
+    # No credential in anything written: the bucket, the mirror, the run folder.
+    secrets = [ACCESS_KEY.encode(), SECRET_KEY.encode()]
+    for key in s3.keys():
+        body = s3.read(key)
+        assert not any(s in body for s in secrets), key
+    for path in s3.mirror.rglob("*"):
+        if path.is_file():
+            assert not any(s in path.read_bytes() for s in secrets), path
+
+
+def test_the_stage_cache_is_shared_through_the_bucket_marker_last(
+        s3, synthetic_storage, tmp_path, monkeypatch):
+    uri = f"s3://{s3.bucket}/shared"
+    config = tiny_config(synthetic_storage / "data", epochs=(1, 0, 0), batch=16)
+    train(config, uri, "first", lambda _m: None)
+    entries = {}
+    for key in s3.keys("shared/stage-cache/"):
+        if key.endswith("/info.json"):
+            entries[json.loads(s3.read(key))["stage"]] = key.rsplit("/", 1)[0]
+    assert sorted(entries) == ["stage0", "stage1", "stage2"]
+    # stage1: its files are there but not its marker (a publisher that died before the
+    # marker); stage2: a damaged checkpoint under a valid marker.
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"{entries['stage1']}/COMPLETE")
+    s3.client.put_object(Bucket=s3.bucket, Key=f"{entries['stage2']}/best.pt", Body=b"torn")
+
+    # Another machine: a fresh mirror, nothing local.
+    monkeypatch.setenv("HIVG_MIRROR_DIR", str(tmp_path / "other-mirror"))
+    messages: list[str] = []
+    train(config, uri, "second", messages.append)
+    reused = [m.split("]")[0].lstrip("[") for m in messages if "reused from the stage cache" in m]
+    assert reused == ["stage0"]
+    assert any(f"entry {entries['stage2'].rsplit('/', 1)[1]} on {uri} is invalid" in m
+               for m in messages)
+    # The second run published what it trained: every entry is whole again.
+    markers = {k.rsplit("/", 2)[1] for k in s3.keys("shared/stage-cache/")
+               if k.endswith("/COMPLETE")}
+    assert markers == {e.rsplit("/", 1)[1] for e in entries.values()}
+
+
+def pipeline(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**env, "PYTHONPATH": str(REPO)})
+
+
+def test_bad_s3_storage_fails_in_one_line_before_anything_starts(s3, tmp_path):
+    env = dict(os.environ)
+    closed = subprocess.run([sys.executable, "-c", "import socket; s=socket.socket(); "
+                             "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
+                            capture_output=True, text=True).stdout.strip()
+    no_keys = {k: v for k, v in env.items()
+               if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    cases = [
+        ("s3://", env, "no bucket (expected s3://BUCKET/PREFIX)"),
+        ("s3:///runs", env, "no bucket"),
+        ("s3://no-such-bucket/runs", env, "bucket 'no-such-bucket' does not exist"),
+        (f"s3://{s3.bucket}/runs", {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}"},
+         "cannot reach http://127.0.0.1:"),
+        (f"s3://{s3.bucket}/runs", no_keys, "no AWS credentials in the environment"),
+        ("gs://bucket/runs", env, "expected a folder or s3://BUCKET/PREFIX"),
+    ]
+    for uri, case_env, message in cases:
+        result = pipeline("--storage", uri, "--no-mlflow", "model.weights=null", env=case_env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (uri, result.stderr[-2000:])
+        assert len(lines) == 1 and lines[0].startswith(f"error: --storage {uri}: "), lines
+        assert message in lines[0], lines
+        assert not any(s in result.stdout + result.stderr for s in (ACCESS_KEY, SECRET_KEY))
+    assert not s3.mirror.exists()  # nothing was prepared or trained
