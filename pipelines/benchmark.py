@@ -97,6 +97,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--random-init", action="store_true",
                    help="profile accuracy: random CLIP weights instead of the tiny pre-training")
     p.add_argument("--threads", type=int, default=2, help="compute threads in both runs")
+    p.add_argument("--address", default=None,
+                   help="orchestration overhead: join this running Ray cluster (auto or "
+                        "HOST:PORT, the `ray up` case) instead of starting a local one")
     p.add_argument("--train-samples", type=int, default=1200,
                    help="training expressions (overhead and profile-accuracy benchmarks)")
     p.add_argument("--presets", nargs="+", default=["hivg-b16", "hivg-l14"], choices=preset_names(),
@@ -129,7 +132,8 @@ class _MarkHooks:
         return Hooks()
 
 
-def run_orchestration_overhead(epochs: int, threads: int, train_samples: int) -> None:
+def run_orchestration_overhead(epochs: int, threads: int, train_samples: int,
+                               address: str | None = None) -> None:
     import json
     import statistics
     import tempfile
@@ -164,7 +168,7 @@ def run_orchestration_overhead(epochs: int, threads: int, train_samples: int) ->
 
     print(f"Ray Train: 1 worker x {threads} CPUs (threads), same config", flush=True)
     t0 = time.time()
-    ray_train.connect(None, num_cpus=threads + 1, log=lambda _m: None)
+    ray_train.connect(address, num_cpus=None if address else threads + 1, log=lambda _m: None)
     t_ray = time.time()
     ray_dir = storage / "ray"
     prepare_run_folder(config, ray_dir, resume=False)
@@ -190,7 +194,7 @@ def run_orchestration_overhead(epochs: int, threads: int, train_samples: int) ->
     print("start-up, seconds to the first training step")
     print(f"  local: fit() -> setup done {marks['setup_done'] - t_call:.1f}, "
           f"-> first step {marks['first_epoch'] - t_call:.1f}")
-    parts = [("Ray init", t_ray - t0),
+    parts = [("Ray init" if not address else f"join cluster {address}", t_ray - t0),
              ("controller + worker start", ray_marks["worker_started"] - t_fit),
              ("imports in the worker", ray_marks["imports_done"] - ray_marks["worker_started"]),
              ("model build + data", ray_marks["setup_done"] - ray_marks["imports_done"]),
@@ -373,7 +377,7 @@ def main() -> int:
     if args.model_stats:
         run_model_stats(args.presets)
     if args.orchestration_overhead:
-        run_orchestration_overhead(args.epochs, args.threads, args.train_samples)
+        run_orchestration_overhead(args.epochs, args.threads, args.train_samples, args.address)
     if args.profile_accuracy:
         run_profile_accuracy(args.storage if args.storage != SEARCH_STORAGE else
                              "runs/profile-accuracy", args.train_samples, args.epochs,

@@ -6,11 +6,13 @@
 Two probes on frozen features (no fine-tuning of CLIP):
   linear      can a linear read-out of CLIP's patch tokens tell the colour, shape and size of
               the object under a patch? (test split, cells that hold an object)
-  selection   the same small VL transformer (the tiny preset's fusion: 2 layers, 128 wide) and
-              the same frozen text tower, trained to pick the target's cell (cross-entropy
-              over the patch grid), fed either CLIP's patch tokens or the generator's ground
-              truth for each cell (hivg.data.oracle: colour, shape, size and box of the object
-              there). If ground truth makes selection easy, the limit is what CLIP sees.
+  selection   the same small VL transformer (the tiny preset's fusion: 2 layers, 128 wide)
+              trained to pick the target's cell (cross-entropy over the patch grid), fed
+              CLIP's frozen text tokens and either CLIP's patch tokens or the generator's
+              ground truth for each cell (hivg.data.oracle: colour, shape, size and box of the
+              object there); a third row replaces CLIP's text tokens by a learned embedding
+              of the token ids. If ground truth makes selection easy, the limit is what CLIP
+              sees; if a learned embedding beats CLIP's text, the text tower limits too.
 Selection is scored as in `pipelines/evaluate.py`'s breakdown: the picked cell belongs to the
 target. Results are printed and written to {storage}/probes/perception.json.
 """
@@ -46,7 +48,7 @@ def frozen_features(clip, dataset, batch_size: int = 200) -> dict[str, torch.Ten
 
     from hivg.model import backbone as bb
 
-    vision, text, pad, eot = [], [], [], []
+    vision, text, pad, eot, ids = [], [], [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size):
         x = bb.embed_image(clip, batch["image"])
         taps = []
@@ -58,8 +60,9 @@ def frozen_features(clip, dataset, batch_size: int = 200) -> dict[str, torch.Ten
         text.append(bb.project_text(clip, bb.text_layers(clip, tokens)[-1]).half())
         pad.append(bb.text_padding_mask(tokens))
         eot.append(bb.eot_index(tokens))
+        ids.append(tokens)
     return {"vision": torch.cat(vision), "text": torch.cat(text), "pad": torch.cat(pad),
-            "eot": torch.cat(eot)}
+            "eot": torch.cat(eot), "tokens": torch.cat(ids)}
 
 
 def linear_probe(x_train, y_train, x_test, y_test, steps: int = 300) -> float:
@@ -78,14 +81,15 @@ def linear_probe(x_train, y_train, x_test, y_test, steps: int = 300) -> float:
 
 
 class SelectionProbe(nn.Module):
-    """Patch features + text tokens -> a small transformer -> one score per cell."""
+    """Patch features + text tokens -> a small transformer -> one score per cell. The text
+    is CLIP's frozen token features, or (`vocab`) token ids through a learned embedding."""
 
     def __init__(self, vision_dim: int, text_dim: int, cells: int, text_len: int,
-                 width: int = 128, layers: int = 2, heads: int = 4):
+                 width: int = 128, layers: int = 2, heads: int = 4, vocab: int | None = None):
         super().__init__()
         self.cells = cells
         self.vision_in = nn.Linear(vision_dim, width)
-        self.text_in = nn.Linear(text_dim, width)
+        self.text_in = nn.Embedding(vocab, width) if vocab else nn.Linear(text_dim, width)
         self.position = nn.Parameter(torch.randn(cells + text_len, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, heads, 2 * width, 0.1, batch_first=True,
                                            norm_first=True)
@@ -93,7 +97,8 @@ class SelectionProbe(nn.Module):
         self.cell_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
 
     def forward(self, vision, text, pad, eot):
-        x = torch.cat([self.vision_in(vision.float()), self.text_in(text.float())], 1)
+        text = text if isinstance(self.text_in, nn.Embedding) else text.float()
+        x = torch.cat([self.vision_in(vision.float()), self.text_in(text)], 1)
         mask = torch.cat([torch.zeros(len(x), self.cells, dtype=torch.bool), pad], 1)
         out = self.encoder(x + self.position, src_key_padding_mask=mask)
         phrase = out[torch.arange(len(x)), self.cells + eot]
@@ -110,10 +115,15 @@ def selection_scores(logits, truth) -> dict[str, float]:
 
 
 def train_selection(vision_train, vision_test, text_train, text_test, truth_train, truth_test,
-                    epochs: int, seed: int, label: str, batch_size: int = 32) -> list[dict]:
+                    epochs: int, seed: int, label: str, batch_size: int = 32,
+                    learned_text: bool = False) -> list[dict]:
     torch.manual_seed(seed)
     probe = SelectionProbe(vision_train.shape[-1], text_train["text"].shape[-1],
-                           vision_train.shape[1], text_train["text"].shape[1])
+                           vision_train.shape[1], text_train["text"].shape[1],
+                           vocab=int(text_train["tokens"].max()) + 1 if learned_text else None)
+    key = "tokens" if learned_text else "text"
+    if learned_text:  # ids unseen in training map to a row that stays at its init
+        text_test = {**text_test, "tokens": text_test["tokens"].clamp(max=probe.text_in.num_embeddings - 1)}
     steps = epochs * max(1, len(vision_train) // batch_size)
     opt = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=0.05)
@@ -124,7 +134,7 @@ def train_selection(vision_train, vision_test, text_train, text_test, truth_trai
         order = torch.randperm(len(vision_train))
         for i in range(0, len(order) - batch_size + 1, batch_size):
             j = order[i:i + batch_size]
-            logits = probe(vision_train[j], text_train["text"][j], text_train["pad"][j],
+            logits = probe(vision_train[j], text_train[key][j], text_train["pad"][j],
                            text_train["eot"][j])
             loss = F.cross_entropy(logits, truth_train.target_cell[j])
             opt.zero_grad()
@@ -133,10 +143,10 @@ def train_selection(vision_train, vision_test, text_train, text_test, truth_trai
             schedule.step()
         probe.eval()
         with torch.no_grad():
-            logits = probe(vision_test, text_test["text"], text_test["pad"], text_test["eot"])
+            logits = probe(vision_test, text_test[key], text_test["pad"], text_test["eot"])
         scores = selection_scores(logits, truth_test)
         history.append({"epoch": epoch, **scores})
-        print(f"  {label:<14} epoch {epoch}: test selection {scores['all']:.3f} "
+        print(f"  {label:<26} epoch {epoch}: test selection {scores['all']:.3f} "
               + " ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "all")
               + f"  ({time.perf_counter() - start:.0f}s)", flush=True)
     return history
@@ -206,12 +216,15 @@ def main() -> int:
         print(f"  {name:<7} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items())
               + f"  (chance {chance:.2f})", flush=True)
 
-    print(f"selection probe, {args.epochs} epochs, same fusion and frozen text tower:")
-    for label, vision in (("CLIP patches", {s: feats[s]["vision"] for s in feats}),
-                          ("ground truth", {s: truth[s].features for s in truth})):
+    print(f"selection probe, {args.epochs} epochs, the same fusion for every row:")
+    clip_patches = {s: feats[s]["vision"] for s in feats}
+    ground_truth = {s: truth[s].features for s in truth}
+    for label, vision, learned_text in (("CLIP patches", clip_patches, False),
+                                        ("ground truth", ground_truth, False),
+                                        ("ground truth, learned text", ground_truth, True)):
         result["selection"][label] = train_selection(
             vision["train"], vision["test"], feats["train"], feats["test"], truth["train"],
-            truth["test"], args.epochs, args.seed, label)
+            truth["test"], args.epochs, args.seed, label, learned_text=learned_text)
     out = storage / "probes" / "perception.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -30,15 +30,12 @@ from typing import Any, Iterator
 
 import pytest
 
+from hivg.tracking.server import free_port
+
 # Distinctive values, so a test can look for them in everything written (they must not be).
 ACCESS_KEY, SECRET_KEY = "AKIAHIVGTESTACCESSKEY", "hivg-test-secret-key-must-never-be-written"
 REGION = "us-east-1"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -83,7 +80,7 @@ class S3Bucket:
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     pytest.importorskip("moto")
     pytest.importorskip("boto3")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, __file__, str(port)], stdout=out,

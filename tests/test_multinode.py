@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,13 +26,10 @@ import pytest
 
 pytest.importorskip("ray")
 
+from hivg.tracking.server import free_port  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_ip() -> str:
@@ -88,7 +84,7 @@ def two_node_cluster(tmp: Path, head_env: dict[str, str], node_env: dict[str, st
                      private_tmpfs: Path | None = None) -> Iterator[str]:
     """Yield the address of a head + one more node (1 CPU each). `private_tmpfs`: a folder
     the second node sees as an empty tmpfs (its own mount namespace)."""
-    port = _free_port()
+    port = free_port()
     address = f"{_node_ip()}:{port}"
     common = ["--num-cpus=1", "--disable-usage-stats", "--block"]
     logs = tmp / "ray-logs"

@@ -97,7 +97,7 @@ def test_probe_script_end_to_end(synthetic_storage, tmp_path):
     assert set(result["linear"]) == {"colour", "shape", "size"}
     for name, row in result["linear"].items():
         assert 0.0 <= row["last layer"] <= 1.0 and row["chance"] > 0
-    for label in ("CLIP patches", "ground truth"):
+    for label in ("CLIP patches", "ground truth", "ground truth, learned text"):
         (epoch,) = result["selection"][label]
         assert epoch["epoch"] == 1 and 0.0 <= epoch["all"] <= 1.0
     assert "test selection" in done.stdout
