@@ -139,3 +139,40 @@ def test_bad_s3_storage_fails_in_one_line_before_anything_starts(s3, tmp_path):
         assert message in lines[0], lines
         assert not any(s in result.stdout + result.stderr for s in (ACCESS_KEY, SECRET_KEY))
     assert not s3.mirror.exists()  # nothing was prepared or trained
+
+
+@pytest.mark.slow
+def test_a_two_worker_ray_run_keeps_its_run_folder_and_ray_state_in_the_bucket(
+        s3, synthetic_storage):
+    """Rank 0 pushes, the driver pulls summary.json from the bucket, Ray Train's own state
+    goes to s3://.../.ray-train; the workers get S3 access from the environment alone."""
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="hivg-ray-", dir="/tmp")  # short: AF_UNIX path limit
+    uri = f"s3://{s3.bucket}/cluster"
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPO / "pipelines" / "train.py"), "--storage", uri,
+             "--workers", "2", "--no-mlflow", "--quiet", "--name", "ddp",
+             f"data.data_dir={synthetic_storage / 'data'}", "model.weights=null",
+             "data.num_workers=0", "hilora.stages.stage0.epochs=1",
+             "hilora.stages.stage1.epochs=0", "hilora.stages.stage2.epochs=0",
+             "hilora.stages.stage0.batch_size=16"],
+            capture_output=True, text=True, cwd=REPO, timeout=600,
+            env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp})
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = set(s3.keys("cluster/"))
+    for rel in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/best.pt",
+                "predictions/test.parquet"):
+        assert f"cluster/ddp/{rel}" in keys, rel
+    assert bucket_rows(s3, "cluster/ddp/metrics.jsonl") == [
+        ("stage0", 0), ("stage0", 1), ("stage1", 0), ("stage2", 0)]
+    summary = json.loads(s3.read("cluster/ddp/summary.json"))
+    assert summary["world_size"] == 2
+    assert f"{summary['test/acc50']:.4f}" in result.stdout  # the driver read the bucket's copy
+    assert any(k.startswith("cluster/.ray-train/") for k in keys)
+    secrets = [ACCESS_KEY.encode(), SECRET_KEY.encode()]
+    for key in keys:
+        assert not any(s in s3.read(key) for s in secrets), key

@@ -331,3 +331,15 @@ def test_temporaries_are_never_keys(tmp_path, monkeypatch):
 
 def test_cache_root_is_under_storage(tmp_path):
     assert sc.cache_root(tmp_path) == tmp_path / "stage-cache"
+
+
+def test_a_cache_logging_to_print_pickles_after_print_is_replaced(tmp_path, monkeypatch):
+    """Ray replaces builtins.print in the driver (tqdm_ray, Train's print patch) while the
+    cache, built with log=print, still has to be pickled for the workers."""
+    import builtins
+    import pickle
+
+    cache = StageCache(tmp_path / "cache", log=print)
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: None)
+    clone = pickle.loads(pickle.dumps(cache))
+    assert clone.root == cache.root

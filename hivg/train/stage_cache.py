@@ -306,13 +306,20 @@ def _copy_hashing(src: Path, dst: Path) -> dict[str, Any]:
     return {"sha256": h.hexdigest(), "size": size}
 
 
+def _echo(message: str) -> None:
+    print(message, flush=True)
+
+
 class StageCache:
     """Entries `{root}/{key}/`; temporaries `{root}/.tmp-{key}-{uuid}`; rejected entries
     `{root}/{key}.corrupt-{uuid}`. `log` receives one line per rejected entry."""
 
     def __init__(self, root: str | Path, log: Optional[Callable[[str], None]] = None) -> None:
         self.root = Path(root)
-        self.log = log or (lambda _msg: None)
+        # The cache travels to Ray workers by pickle, and Ray may replace builtins.print in
+        # the driver meanwhile (tqdm_ray, Train's print patch): the original print then no
+        # longer pickles by name. A module function always does.
+        self.log = _echo if log is print else (log or (lambda _msg: None))
 
     @classmethod
     def for_storage(cls, storage: str | Path, log: Optional[Callable[[str], None]] = None
