@@ -18,7 +18,6 @@ moto's own `moto_server` entry point unchanged.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from hivg.tracking.server import free_port
+from hivg.tracking.server import free_port, stop_process_group
 
 # Distinctive values, so a test can look for them in everything written (they must not be).
 ACCESS_KEY, SECRET_KEY = "AKIAHIVGTESTACCESSKEY", "hivg-test-secret-key-must-never-be-written"
@@ -98,12 +97,7 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
                 time.sleep(0.2)
         yield S3Server(url, process)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process_group(process, wait_s=10)
 
 
 def aws_env(url: str) -> dict[str, str]:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from hivg.tracking.server import free_port  # noqa: E402
+from hivg.tracking.server import free_port, stop_process_group  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,20 +51,6 @@ def _can_private_mount(tmp: Path) -> str | None:
     if result.returncode != 0:
         return f"cannot mount in a private namespace: {result.stderr.strip()[:200]}"
     return None if not (target / "x").exists() else "the mount leaked out of its namespace"
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group we started (`ray start --block` stops its own
-    processes on it), SIGKILL after a grace period."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _alive_nodes(address: str, env: dict[str, str]) -> int:
@@ -120,7 +105,7 @@ def two_node_cluster(tmp: Path, head_env: dict[str, str], node_env: dict[str, st
         yield address
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop_process_group(process, wait_s=30)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 

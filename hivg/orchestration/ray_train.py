@@ -181,7 +181,9 @@ def check_shared_storage(storage: str | Path) -> None:
     written by rank 0, which may live on any node). Checked for real: a marker file the
     driver writes must be visible from a task on every node. S3 storage is shared by
     construction (each node keeps a mirror and rank 0 pushes): no marker check."""
-    if str(storage).startswith("s3://"):
+    from hivg.orchestration.remote_storage import is_remote
+
+    if is_remote(storage):
         return
     storage = Path(storage)
     import ray

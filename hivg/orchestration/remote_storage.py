@@ -37,6 +37,9 @@ MIRROR_ENV = "HIVG_MIRROR_DIR"
 SYNC_MANIFEST = ".hivg-sync.json"
 # Pushed after everything else: a run is resumable from whatever the bucket holds.
 PUSH_LAST = ("checkpoints/last.pt", "summary.json")
+# (URI, endpoint) pairs this process has checked: the pipeline checks before it prepares
+# data, run_training again for every other caller; one round trip is enough.
+_CHECKED: set[tuple[str, str]] = set()
 
 
 def is_remote(storage: str | Path | None) -> bool:
@@ -51,12 +54,6 @@ def open_storage(storage: str | Path) -> "RemoteStorage | None":
     if "://" in text:
         raise UserError(f"--storage {text}: expected a folder or s3://BUCKET/PREFIX")
     return None
-
-
-def local_root(storage: str | Path) -> Path:
-    """Where local files of `storage` live: the folder itself, or the S3 mirror."""
-    remote = open_storage(storage)
-    return remote.mirror if remote else Path(storage)
 
 
 def _short(error: Exception) -> str:
@@ -97,7 +94,6 @@ class RemoteStorage:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.uri = f"{SCHEME}{bucket}/{self.prefix}".rstrip("/")
         self._fs: pafs.S3FileSystem | None = None
-        self._checked = False
 
     # Only the URI travels (Ray workers, stage caches): never a client or a credential.
     def __getstate__(self) -> dict[str, Any]:
@@ -137,13 +133,13 @@ class RemoteStorage:
     # -- the up-front check ----------------------------------------------------------------
     def check(self) -> None:
         """One-line UserError unless the bucket is reachable, exists and takes a write."""
-        if self._checked:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        if (self.uri, endpoint) in _CHECKED:
             return
         if not _has_credentials():
             raise UserError(f"--storage {self.uri}: no AWS credentials in the environment "
                             "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
                             "or use an instance role)")
-        endpoint = os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
         try:
             info = self.fs.get_file_info(self.bucket)
         except OSError as e:
@@ -157,7 +153,7 @@ class RemoteStorage:
             self.delete(probe)
         except OSError as e:
             raise UserError(f"--storage {self.uri}: cannot write there: {_short(e)}") from None
-        self._checked = True
+        _CHECKED.add((self.uri, endpoint))
 
     # -- transfers -------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
@@ -311,5 +307,5 @@ class SyncHooks:
             self._sync.pull(foreign_only=True)
 
 
-__all__ = ["RemoteStorage", "RunFolderSync", "SyncHooks", "is_remote", "local_root",
-           "open_storage", "MIRROR_ENV"]
+__all__ = ["RemoteStorage", "RunFolderSync", "SyncHooks", "is_remote", "open_storage",
+           "MIRROR_ENV"]
