@@ -51,6 +51,14 @@ class CellTruth:
         return self.features[..., OBJECT_FLAG] > 0
 
 
+def canvas_box(box, placement, image_size: int) -> tuple[float, float, float, float]:
+    """An object's box (xyxy, original pixels) on the letterboxed canvas, normalised to [0, 1]."""
+    (dx, dy), scale = placement.offset, placement.scale
+    x1, y1, x2, y2 = box
+    return ((x1 * scale + dx) / image_size, (y1 * scale + dy) / image_size,
+            (x2 * scale + dx) / image_size, (y2 * scale + dy) / image_size)
+
+
 def object_cells(box: tuple[float, float, float, float], grid: int) -> tuple[set[int], int]:
     """The cells of a canvas-normalised box (xyxy in [0, 1]) and the cell under its centre."""
     x1, y1, x2, y2 = box
@@ -78,11 +86,8 @@ def cell_truth(dataset_folder: str | Path, split: str, image_size: int, grid: in
     for i, (row, expr) in enumerate(zip(rows, expressions)):
         image = sidecar["images"][expr["image"]]
         placement = eval_placement(image["width"], image["height"], image_size)
-        (dx, dy), scale = placement.offset, placement.scale
         for k, obj in enumerate(image["objects"]):
-            x1, y1, x2, y2 = obj["box"]
-            box = ((x1 * scale + dx) / image_size, (y1 * scale + dy) / image_size,
-                   (x2 * scale + dx) / image_size, (y2 * scale + dy) / image_size)
+            box = canvas_box(obj["box"], placement, image_size)
             cells, centre = object_cells(box, grid)
             feature = torch.zeros(FEATURES)
             for name, values in ATTRIBUTE_VALUES.items():
@@ -91,7 +96,7 @@ def cell_truth(dataset_folder: str | Path, split: str, image_size: int, grid: in
             feature[BOX] = torch.tensor(box)
             features[i, sorted(cells)] = feature
             if k == expr["target"]:
-                if [x1, y1, x2, y2] != [row["x1"], row["y1"], row["x2"], row["y2"]]:
+                if list(obj["box"]) != [row["x1"], row["y1"], row["x2"], row["y2"]]:
                     raise DataError(f"{folder / f'{split}.parquet'}: row {i} is not aligned "
                                     "with the objects sidecar (its box differs from the target's)")
                 owned[i, sorted(cells)] = True

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from hivg.config import Config
 from hivg.data import synthetic
+from hivg.data.oracle import canvas_box, object_cells
 from hivg.data.tokens import tokenize
 from hivg.data.transforms import eval_placement, render
 from hivg.train.checkpoint import save_checkpoint
@@ -186,14 +187,9 @@ def patch_labels(objects: list[synthetic.Shape], placement, image_size: int, gri
                  ) -> torch.Tensor:
     """The phrase of the object covering each patch (the patch's centre inside the object's
     box, or the patch under the object's centre), NO_OBJECT elsewhere."""
-    from hivg.data.oracle import object_cells
     labels = torch.full((grid * grid,), NO_OBJECT, dtype=torch.long)
-    (dx, dy), scale = placement.offset, placement.scale
     for o in objects:
-        x1, y1, x2, y2 = o.box
-        box = ((x1 * scale + dx) / image_size, (y1 * scale + dy) / image_size,
-               (x2 * scale + dx) / image_size, (y2 * scale + dy) / image_size)
-        cells, _centre = object_cells(box, grid)
+        cells, _centre = object_cells(canvas_box(o.box, placement, image_size), grid)
         labels[sorted(cells)] = OBJECT_PHRASES.index(f"{o.size} {o.colour} {o.shape}")
     return labels
 
