@@ -215,3 +215,103 @@ def test_tiny_preset_stages_apply():
     for k in range(len(cfg.hilora.stages)):
         apply_stage(model, cfg.hilora, k)
     assert len(adapters(model)) == 4 + 4 + 4  # vision 0..3, text 0..3, the four bridge layers
+
+
+def _nonzero_bs(model, std=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".B"):
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def test_batched_qkv_delta_equals_the_three_branches_values_and_gradients():
+    from hivg.model.adapters import AttentionLoRA
+
+    torch.manual_seed(0)
+    adapter = AttentionLoRA(16, rank=4, alpha=8.0, dropout=0.0)
+    _nonzero_bs(adapter)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    fused = adapter.qkv_delta(x)
+    (fused * torch.arange(48.0)).sum().backward()
+    fused_grads = [x.grad.clone()] + [p.grad.clone() for p in adapter.parameters()
+                                      if p.grad is not None]
+    x.grad = None
+    adapter.zero_grad()
+    branches = torch.cat([adapter.q(x), adapter.k(x), adapter.v(x)], dim=-1)
+    (branches * torch.arange(48.0)).sum().backward()
+    torch.testing.assert_close(fused, branches)
+    branch_grads = [x.grad] + [p.grad for p in adapter.parameters() if p.grad is not None]
+    for a, b in zip(fused_grads, branch_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_batched_qkv_delta_draws_an_independent_dropout_mask_for_q_k_and_v():
+    from hivg.model.adapters import AttentionLoRA
+
+    adapter = AttentionLoRA(16, rank=16, alpha=16.0, dropout=0.5).train()
+    with torch.no_grad():  # identity-like A and B: each third of the output is dropout(x)
+        for m in (adapter.q, adapter.k, adapter.v):
+            m.A.copy_(torch.eye(16))
+            m.B.copy_(torch.eye(16))
+    x = torch.ones(1, 64, 16)
+    q, k, v = adapter.qkv_delta(x).chunk(3, dim=-1)
+    kept = [t != 0 for t in (q, k, v)]
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert not torch.equal(kept[a], kept[b])
+    share = torch.stack(kept).float().mean().item()
+    assert 0.4 < share < 0.6  # p = 0.5
+
+
+def test_frozen_earlier_stage_adapters_act_merged_without_dropout_in_training():
+    """The paper's HiLoRA merges each finished stage into the weights: at stage 2 the frozen
+    stage-1 adapters must act exactly like merged weights, dropout included (none)."""
+    model, cfg, hilora = prepared("paper", 2)
+    _nonzero_bs(model)
+    model.train()
+    for m in model.modules():  # only the LoRA dropout of frozen adapters could still fire
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    model.vl_encoder.eval()  # its attention dropout is not an nn.Dropout
+    for mod, names in adapters(model).items():
+        for name in names:
+            if name == "s1":
+                model.get_submodule(mod).lora[name].set_dropout(0.9)
+    (x, _) = inputs()
+    out = model(*x)["pred_boxes"]
+    torch.testing.assert_close(model(*x)["pred_boxes"], out)  # no dropout fired
+
+    merged = copy.deepcopy(model)
+    with torch.no_grad():  # fold s1 by hand and remove it; s2 stays a live branch
+        for mod, names in adapters(merged).items():
+            attn = merged.get_submodule(mod)
+            if "s1" in names:
+                a = attn.lora["s1"]
+                attn.in_proj_weight += torch.cat([a.q.delta_weight(), a.k.delta_weight(),
+                                                  a.v.delta_weight()])
+                attn.out_proj.weight += a.out.delta_weight()
+                del attn.lora["s1"]
+    torch.testing.assert_close(merged(*x)["pred_boxes"], out, atol=1e-5, rtol=1e-5)
+    out.sum().backward()  # the live adapters still get gradients through the folded weights
+    assert all(p.grad is not None for n, p in model.named_parameters() if ".lora.s2." in n)
+
+
+def test_folded_weights_follow_an_in_place_change_of_a_frozen_adapter():
+    model, _, _ = prepared("paper", 2)
+    _nonzero_bs(model)
+    model.eval()
+    (x, _) = inputs()
+    with torch.no_grad():
+        before = model(*x)["pred_boxes"]
+        state = copy.deepcopy(model.state_dict())
+        for name, p in model.named_parameters():
+            if ".lora.s1." in name and name.endswith(".B"):
+                p.mul_(3.0)
+        changed = model(*x)["pred_boxes"]
+        assert (changed - before).abs().max() > 1e-4
+        model.load_state_dict(state)
+        torch.testing.assert_close(model(*x)["pred_boxes"], before)
+        with torch.enable_grad():  # the branch path: the same function
+            branch = model(*x)["pred_boxes"]
+        torch.testing.assert_close(branch, before, atol=1e-5, rtol=1e-5)
+    assert not any("folded" in k for k in model.state_dict())

@@ -50,6 +50,19 @@ class AttentionLoRA(nn.Module):
     def alpha(self) -> float:
         return self.q.alpha
 
+    def qkv_delta(self, x: Tensor) -> Tensor:
+        """[q(x), k(x), v(x)] concatenated on the last dim, as three batched matrix products
+        instead of three branches: the same function (three independent dropout masks), a
+        third of the ops. Self-attention's case, where q, k and v read the same input."""
+        n, d = x.shape[:-1], x.shape[-1]
+        drop = self.q.dropout
+        xs = F.dropout(x.unsqueeze(0).expand(3, *x.shape), drop.p, drop.training)
+        A = torch.stack([self.q.A, self.k.A, self.v.A])  # (3, r, d)
+        B = torch.stack([self.q.B, self.k.B, self.v.B])  # (3, d_out, r)
+        z = torch.bmm(xs.reshape(3, -1, d), A.transpose(1, 2))
+        y = torch.bmm(z, B.transpose(1, 2)) * self.q.scale  # (3, N, d_out)
+        return y.permute(1, 0, 2).reshape(*n, 3 * y.shape[-1])
+
     def set_dropout(self, p: float) -> None:
         for m in (self.q, self.k, self.v, self.out):
             m.dropout.p = p
