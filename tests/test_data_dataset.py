@@ -138,3 +138,26 @@ def test_missing_manifest_is_a_user_error(synthetic_storage, tmp_path):
         build_dataset(data_config(tmp_path), "train", SIZE, CONTEXT, train=True)
     with pytest.raises(DataError, match="no manifest for synthetic/testA"):
         build_dataset(data_config(synthetic_storage), "testA", SIZE, CONTEXT, train=False)
+
+
+
+def test_a_moved_storage_still_finds_its_synthetic_images(tmp_path):
+    """Images inside the dataset folder are named relative to it: a storage copied to another
+    place (another node's mount, back from S3) reads the same samples, loose files included."""
+    from hivg.train.stage_cache import data_fingerprint
+
+    first = tmp_path / "first"
+    prepare_synthetic(first, seed=5, sizes={"train": 6, "val": 4})
+    paths = read_manifest(first / "data", "synthetic", "val").column("image_path").to_pylist()
+    assert all(not p.startswith("/") and p.startswith("raw/") for p in paths)
+    loose = lambda storage: GroundingDataset(  # noqa: E731
+        read_manifest(storage / "data", "synthetic", "val"), storage / "data" / "synthetic",
+        CONTEXT, LetterboxTransform(SIZE, train=False), image_source="files")
+    before = loose(first)[0]
+    fingerprint = data_fingerprint(first / "data", "synthetic")
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    after = loose(moved)[0]
+    for key in ("image", "box", "tokens"):
+        assert torch.equal(before[key], after[key]), key
+    assert data_fingerprint(moved / "data", "synthetic") == fingerprint  # the cache still hits

@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from hivg.config import DataConfig
-from hivg.data.manifest import dataset_dir, has_shards, read_manifest
+from hivg.data.manifest import dataset_dir, has_shards, read_manifest, resolve_image_path
 from hivg.data.shards import ShardReader
 from hivg.data.tokens import tokenize
 from hivg.data.transforms import LetterboxTransform
@@ -47,7 +47,8 @@ class GroundingDataset(Dataset):
         self.use_shards = image_source == "shards" or (image_source == "auto" and has_shards(table))
         self.transform, self.context_length, self.rng = transform, context_length, rng
         # Plain columns: compact, cheap to pickle into DataLoader workers.
-        self.image_paths: list[str] = table.column("image_path").to_pylist()
+        self.image_paths: list[str] = [resolve_image_path(dataset_folder, path) for path
+                                       in table.column("image_path").to_pylist()]
         self.sizes = np.stack([table.column("image_width").to_numpy(),
                                table.column("image_height").to_numpy()], 1).astype(np.int64)
         self.boxes = np.stack([table.column(c).to_numpy() for c in ("x1", "y1", "x2", "y2")], 1)

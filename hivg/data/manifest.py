@@ -1,7 +1,8 @@
 """Parquet manifests: one row per referring expression.
 
 Layout: `{data_dir}/{dataset}/{split}.parquet` where `data_dir` is `{storage}/data`.
-Columns (BASE_SCHEMA): id, dataset, split, image_path (absolute), image_width and
+Columns (BASE_SCHEMA): id, dataset, split, image_path (absolute; relative to the manifest's
+folder for images inside it, e.g. the synthetic renders), image_width and
 image_height (the ORIGINAL image size, also when shards hold pre-resized images),
 x1, y1, x2, y2 (box in pixels of the original image), phrase (normalised), expr_type
 ("" for real data; attribute | relational | superlative on the synthetic benchmark).
@@ -84,6 +85,22 @@ def records_to_table(records: Sequence[Record]) -> pa.Table:
         "expr_type": [r.expr_type for r in records],
     }
     return pa.table(columns, schema=BASE_SCHEMA)
+
+
+def relative_image_paths(table: pa.Table, dataset_folder: str | Path) -> pa.Table:
+    """The manifest with image paths inside `dataset_folder` made relative to it, so a storage
+    folder that is moved or copied (to another node, back from S3) still finds its own images;
+    paths elsewhere (a dataset's external image folder) stay absolute."""
+    folder = os.path.abspath(dataset_folder) + os.sep
+    paths = [os.path.relpath(p, folder) if p.startswith(folder) else p
+             for p in table.column("image_path").to_pylist()]
+    i = table.column_names.index("image_path")
+    return table.set_column(i, "image_path", pa.array(paths, pa.string()))
+
+
+def resolve_image_path(dataset_folder: str | Path, path: str) -> str:
+    """An image_path of a manifest read from `dataset_folder`, made absolute."""
+    return path if os.path.isabs(path) else os.path.join(dataset_folder, path)
 
 
 def write_table(table: pa.Table, path: str | Path) -> Path:

@@ -21,7 +21,8 @@ import pyarrow as pa
 from hivg.data import synthetic
 from hivg.data.baselines import compute_baselines
 from hivg.data.manifest import (BASE_SCHEMA, is_uri, list_splits, manifest_path,
-                                read_manifest, records_to_table, write_table)
+                                read_manifest, records_to_table, relative_image_paths,
+                                write_table)
 from hivg.data.records import ImageProbe, Record, read_split_file
 from hivg.data.shards import pack_split
 from hivg.data.splits import (MIXUP_EVAL_SOURCE, MIXUP_TRAIN_SOURCES, get_spec)
@@ -86,7 +87,7 @@ def _write_splits(dataset: str, data_dir: Path, tables: dict[str, pa.Table],
     for split, table in tables.items():
         if pack_images:
             table = pack_split(table, folder, split, pack_max_side)
-        write_table(table, manifest_path(data_dir, dataset, split))
+        write_table(relative_image_paths(table, folder), manifest_path(data_dir, dataset, split))
 
 
 def _finish(report: PrepareReport) -> PrepareReport:
