@@ -155,8 +155,8 @@ def inference_rows(config, batch: int, steps: int, warmup: int, device,
     torch.manual_seed(0)
     model = build_model(apply_profile(cfg, device.type)).to(device).eval()
     clip = bb.create_clip(cfg.model.clip, prof.attention).to(device).eval()
-    if compile_model:
-        model = torch.compile(model)
+    if compile_model:  # CUDA graphs on a GPU: batch-1 latency is kernel-launch bound there
+        model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
     sync = sync_for(device)
     amp = prof.torch_amp_dtype
     size, ctx = cfg.model.image_size, cfg.model.context_length

@@ -77,7 +77,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pipeline-images", type=int, default=None,
                    help="training-step run: JPEGs in the input-pipeline test (512 CUDA, 128 CPU)")
     p.add_argument("--compile", action="store_true",
-                   help="training-step run: torch.compile the model for the inference rows")
+                   help="training-step run: torch.compile the model for the inference rows "
+                        "(mode reduce-overhead, i.e. CUDA graphs, on a GPU)")
+    p.add_argument("--inference-only", action="store_true",
+                   help="training-step run: only the inference rows (e.g. a second, --compile "
+                        "pass without re-timing the training steps)")
     p.add_argument("--space", default="search_spaces/search_efficiency.yaml",
                    help="study file with a space: (search efficiency)")
     p.add_argument("--storage", default=SEARCH_STORAGE,
@@ -283,9 +287,24 @@ def _training_step_row(config, stage_index: int, profile_name: str, batch: int, 
                          "pin_memory": prof.pin_memory, "find_unused": prof.find_unused}}
 
 
+def _print_training_table(rows: list[dict], by: dict) -> None:
+    print(f"{'stage':<22} {'profile':<10} {'settings':<28} {'images/s':>9} {'step ms':>9} "
+          f"{'peak MB':>9} {'TFLOP/s':>8} {'MFU':>6} {'fast/ref':>8}")
+    for r in rows:
+        s = r["settings"]
+        settings = f"{s['amp_dtype']},{s['attention']}{',fusedAdamW' if s['fused_adamw'] else ''}"
+        ratio = r["images_per_s"] / by[(r["stage"], "reference")]["images_per_s"]
+        mfu = f"{r['mfu'] * 100:5.1f}%" if r["mfu"] is not None else "   n/a"
+        print(f"{r['stage']:<22} {r['profile']:<10} {settings:<28} {r['images_per_s']:9.1f} "
+              f"{r['step_ms']:9.1f} {r['peak_memory_mb']:9.0f} {r['tflops']:8.4f} {mfu:>6} "
+              f"{ratio:7.2f}x")
+    print()
+
+
 def run_training_step(preset: str | None, batch: int | None, steps: int, warmup: int,
                       out: str, inference_batch: int | None = None,
-                      pipeline_images: int | None = None, compile_model: bool = False) -> None:
+                      pipeline_images: int | None = None, compile_model: bool = False,
+                      inference_only: bool = False) -> None:
     import json
     import platform
     from datetime import datetime, timezone
@@ -305,14 +324,14 @@ def run_training_step(preset: str | None, batch: int | None, steps: int, warmup:
     if peak:
         print(f"measured bf16 matmul peak: {peak:.1f} TFLOP/s", flush=True)
     rows = []
-    for k in sorted({0, last}):
+    for k in sorted({0, last}) if not inference_only else ():
         for name in ("reference", "fast"):
             t0 = time.perf_counter()
             rows.append(_training_step_row(config, k, name, batch, steps, warmup, device, peak))
             print(f"  {name} {rows[-1]['stage']}: {time.perf_counter() - t0:.1f} s", flush=True)
     import _bench_parts as parts
 
-    for name in ("reference", "fast"):
+    for name in ("reference", "fast") if not inference_only else ():
         t0 = time.perf_counter()
         rows.append(parts.backbone_step_row(config, name, batch, steps, warmup, device, peak))
         print(f"  {name} bare backbone: {time.perf_counter() - t0:.1f} s", flush=True)
@@ -321,9 +340,11 @@ def run_training_step(preset: str | None, batch: int | None, steps: int, warmup:
     inference = parts.inference_rows(config, inference_batch, steps, warmup, device, peak,
                                      compile_model)
     print(f"  inference: {time.perf_counter() - t0:.1f} s", flush=True)
-    t0 = time.perf_counter()
-    pipeline = parts.input_pipeline_rows(config, pipeline_images or (512 if cuda else 128))
-    print(f"  input pipeline: {time.perf_counter() - t0:.1f} s", flush=True)
+    pipeline = []
+    if not inference_only:
+        t0 = time.perf_counter()
+        pipeline = parts.input_pipeline_rows(config, pipeline_images or (512 if cuda else 128))
+        print(f"  input pipeline: {time.perf_counter() - t0:.1f} s", flush=True)
     result = {"benchmark": "training-step", "preset": preset, "device": device.type,
               "card": card, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -336,17 +357,8 @@ def run_training_step(preset: str | None, batch: int | None, steps: int, warmup:
                                        else "not measured on CPU"))}
     by = {(r["stage"], r["profile"]): r for r in rows}
     print()
-    print(f"{'stage':<22} {'profile':<10} {'settings':<28} {'images/s':>9} {'step ms':>9} "
-          f"{'peak MB':>9} {'TFLOP/s':>8} {'MFU':>6} {'fast/ref':>8}")
-    for r in rows:
-        s = r["settings"]
-        settings = f"{s['amp_dtype']},{s['attention']}{',fusedAdamW' if s['fused_adamw'] else ''}"
-        ratio = r["images_per_s"] / by[(r["stage"], "reference")]["images_per_s"]
-        mfu = f"{r['mfu'] * 100:5.1f}%" if r["mfu"] is not None else "   n/a"
-        print(f"{r['stage']:<22} {r['profile']:<10} {settings:<28} {r['images_per_s']:9.1f} "
-              f"{r['step_ms']:9.1f} {r['peak_memory_mb']:9.0f} {r['tflops']:8.4f} {mfu:>6} "
-              f"{ratio:7.2f}x")
-    print()
+    if rows:
+        _print_training_table(rows, by)
     print(f"inference, auto profile ({inference[0]['settings']['amp_dtype']}, "
           f"{inference[0]['settings']['attention']}"
           f"{', compiled' if compile_model else ''}):")
@@ -356,6 +368,11 @@ def run_training_step(preset: str | None, batch: int | None, steps: int, warmup:
         print(f"{r['model']:<12} {r['mode']:<38} {r['median_ms']:10.2f} {r['p99_ms']:8.2f} "
               f"{r['images_per_s']:9.1f} {mfu:>6}")
     print()
+    if inference_only:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"JSON: {out}")
+        return
     fast_last = by[(config.hilora.stages[last].name, "fast")]["images_per_s"]
     print(f"input pipeline (decode + letterbox + training augmentations, 640x480 JPEGs, "
           f"canvas {config.model.image_size}):")
@@ -373,7 +390,8 @@ def main() -> int:
     args = parse_args()
     if args.training_step:
         run_training_step(args.preset, args.batch, args.steps, args.warmup, args.out,
-                          args.inference_batch, args.pipeline_images, args.compile)
+                          args.inference_batch, args.pipeline_images, args.compile,
+                          args.inference_only)
     if args.model_stats:
         run_model_stats(args.presets)
     if args.orchestration_overhead:
@@ -409,6 +427,8 @@ def run_profile_accuracy(storage: str, train_samples: int, epochs: int, out: str
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = apply_study_overrides(with_storage_defaults(load_preset("tiny"), storage_path), {
         "hilora.num_stages": 1, "data.max_train_samples": train_samples,
+        # a GPU outruns one process decoding the scenes; CPU runs keep the preset's loader
+        "data.num_workers": 6 if device == "cuda" else 0,
         "data.max_eval_samples": eval_samples, "hilora.stages.stage0.epochs": epochs})
     if not list_splits(base.data.data_dir, "synthetic"):
         ensure_synthetic(storage_path, seed=0, log=print)
