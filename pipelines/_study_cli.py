@@ -7,7 +7,9 @@ from pathlib import Path
 
 
 def add_study_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", default="runs", help="folder for studies, runs, data, caches")
+    p.add_argument("--storage", default="runs",
+                   help="folder for studies, runs, data, caches, or s3://BUCKET/PREFIX "
+                        "(credentials from the environment; resumable from any machine)")
     p.add_argument("--name", help="study name (default: the file's `name:` or its stem)")
     p.add_argument("--num-samples", type=int, help="trials per dataset (search spaces)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
@@ -21,15 +23,12 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the study's Tune state")
 
 
-def storage_folder(text: str) -> Path:
-    """Studies keep their storage in a folder (every node must see it on a cluster); S3
-    storage is for single runs (pipelines/train.py) so far."""
-    from hivg.errors import UserError
+def study_storage(text: str):
+    """(the local folder the study works in, the bucket or None) for `--storage`: a folder,
+    or s3://BUCKET/PREFIX (checked now, in one line; the study then works in its mirror)."""
+    from hivg.orchestration.tune import study_storage as resolve
 
-    if "://" in text:
-        raise UserError(f"--storage {text}: studies need a folder (S3 storage is supported by "
-                        "pipelines/train.py only so far)")
-    return Path(text)
+    return resolve(text)
 
 
 def prepare(study, storage: Path, log=print):
@@ -60,14 +59,18 @@ def options_from(args, **extra):
                         **extra)
 
 
-def print_results(table: dict, storage: Path) -> None:
-    from hivg.orchestration.tune import format_table
+def print_results(table: dict, storage: Path, remote=None) -> None:
+    from hivg.orchestration.tune import format_table, push_study_files
 
     print()
     print(format_table(table))
-    print(f"study: {storage / table['study']}  ({len(table['trials'])} finished trials, "
+    where = remote.url(table["study"]) if remote else storage / table["study"]
+    print(f"study: {where}  ({len(table['trials'])} finished trials, "
           f"{table['wall_time_s']:.0f}s)")
     if table.get("mlflow_ui"):
         print(f"compare runs: {table['mlflow_ui']}")
     from hivg.orchestration.report import report_after_study
     report_after_study(table, storage)  # report.md, tables, plots; a failure only warns
+    if remote:
+        push_study_files(remote, storage, table["study"])
+        print(f"pushed to {where} (local mirror {storage / table['study']})")

@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _study_cli import (add_study_flags, options_from, prepare, print_results,  # noqa: E402
-                        storage_folder)  # noqa: E402
+                        study_storage)  # noqa: E402
 
 from hivg.cli import run_main  # noqa: E402
 
@@ -32,10 +32,10 @@ def main() -> int:
     study = load_study(Path(args.study))
     if study.kind != "variants":
         raise UserError(f"{args.study}: a search space; run it with pipelines/sweep.py")
-    storage = storage_folder(args.storage)
+    storage, remote = study_storage(args.storage)
     study = prepare(study, storage)
-    table = run_study(study, storage, options_from(args))
-    print_results(table, storage)
+    table = run_study(study, args.storage, options_from(args))
+    print_results(table, storage, remote)
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _study_cli import (add_study_flags, options_from, prepare, print_results,  # noqa: E402
-                        storage_folder)  # noqa: E402
+                        study_storage)  # noqa: E402
 
 from hivg.cli import run_main  # noqa: E402
 
@@ -34,12 +34,12 @@ def main() -> int:
     if study.kind != "space":
         raise UserError(f"{args.space}: an ablation study (variants); run it with "
                         "pipelines/ablate.py")
-    storage = storage_folder(args.storage)
+    storage, remote = study_storage(args.storage)
     study = prepare(study, storage)
-    table = run_study(study, storage, options_from(
+    table = run_study(study, args.storage, options_from(
         args, grid=args.grid, scheduler=False if args.no_asha else None,
         search_seed=args.search_seed))
-    print_results(table, storage)
+    print_results(table, storage, remote)
     return 0
 
 

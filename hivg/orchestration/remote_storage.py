@@ -159,6 +159,11 @@ class RemoteStorage:
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.key(rel)).type == pafs.FileType.File
 
+    def size(self, rel: str) -> int:
+        """The object's size in bytes; -1 when it is not there."""
+        info = self.fs.get_file_info(self.key(rel))
+        return info.size if info.type == pafs.FileType.File else -1
+
     def list(self, rel: str) -> list[str]:
         """Files under `rel`, as paths relative to it."""
         base = self.key(rel)

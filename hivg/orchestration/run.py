@@ -134,19 +134,21 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
     `hooks`: TrainHooks for a local run (a Tune trial reports through them);
     `ray_callbacks`: Ray Train callbacks (a Tune trial passes TuneReportCallback).
 
-    S3 storage (`s3://bucket/prefix`): `run_dir` must be `{mirror}/{name}`; the run folder is
-    pushed to `{storage}/{name}/` after every epoch and at the end (hivg.orchestration.
-    remote_storage), and pulled first on resume."""
+    S3 storage (`s3://bucket/prefix`): `run_dir` must lie in the mirror, `{mirror}/{name}`
+    (`name` may have several parts: a study's trials sit in `{study}/trials/{key}`); the run
+    folder is pushed to `{storage}/{name}/` after every epoch and at the end (hivg.
+    orchestration.remote_storage), and pulled first on resume."""
     from hivg.orchestration.remote_storage import RunFolderSync, SyncHooks, open_storage
 
     remote = open_storage(storage)
     sync = None
     if remote:
         remote.check()  # a bad bucket, endpoint or missing credentials: one line, exit 2
-        if Path(run_dir).resolve().parent != remote.mirror:
+        if remote.mirror not in Path(run_dir).resolve().parents:
             raise ValueError(f"run_dir {run_dir}: with S3 storage it must sit in the mirror "
                              f"{remote.mirror}")
-        sync = RunFolderSync(remote, Path(run_dir).name)
+        sync = RunFolderSync(remote, Path(run_dir).resolve().relative_to(remote.mirror)
+                             .as_posix())
     tracking = tracking or TrackingOptions()
     distributed = distributed or DistributedOptions()
     on_ray = distributed.workers is not None

@@ -9,8 +9,15 @@ Layout under the storage, per study:
     {storage}/{study}/tune/                  Tune's own state (resume)
     {storage}/{study}/results.json, table.md the study's table
 MLflow: one experiment per study, a parent run for the study, one child run per trial. Run
-identity comes from the study name and the trial key, so running a study again into the
+identity comes from the study name and the trial key, so running the same study again into the
 same storage finds its runs instead of duplicating them.
+
+S3 storage (`s3://bucket/prefix`, credentials from the environment): the same layout in the
+bucket. Tune writes its state there itself; each trial's run folder is pushed from the trial's
+node after every epoch (hivg.orchestration.remote_storage), and the stage cache is the
+bucket's. The driver works in its local mirror: it pulls the trials' summaries, configs and
+predictions for the table and the report, and pushes the study's files. `--resume` from any
+machine with access to the bucket restores Tune's state from it and reuses finished trials.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hivg.errors import UserError
+from hivg.orchestration.remote_storage import RemoteStorage, open_storage
 from hivg.orchestration.run import DistributedOptions, TrackingOptions, run_training
 from hivg.orchestration.search_space import (Study, config_for, grid_points,
                                              sample_space, variant_trials)
@@ -77,15 +85,19 @@ def _trial(tune_config: dict[str, Any], *, study: Study, storage: str, study_nam
            cpus_per_worker: float, gpus_per_worker: float) -> None:
     from ray import tune
 
-    from hivg.train.stage_cache import StageCache
+    from hivg.orchestration.remote_stage_cache import stage_cache_for
 
     params = tune_config["trial"]
     key = params["trial_key"]
     overrides = params.get("overrides", {})
     config = config_for(study, overrides, params["dataset"], params["seed"], params["variant"])
-    storage_path = Path(storage)
-    run_dir = storage_path / study_name / "trials" / safe_name(key)
+    remote = open_storage(storage)
+    storage_path = remote.mirror if remote else Path(storage)
+    rel = f"{study_name}/trials/{safe_name(key)}"
+    run_dir = storage_path / rel
     summary_path = run_dir / "summary.json"
+    if remote and not summary_path.is_file() and remote.exists(f"{rel}/summary.json"):
+        remote.download(f"{rel}/summary.json", summary_path)  # finished on another machine
     if summary_path.is_file():  # finished in an earlier invocation: report, do not retrain
         summary = json.loads(summary_path.read_text())
         tune.report({study.metric: summary["best"]["val/acc50"], EPOCH_ATTR:
@@ -95,15 +107,16 @@ def _trial(tune_config: dict[str, Any], *, study: Study, storage: str, study_nam
                                experiment=study_name, parent_run_id=parent_run_id,
                                extra_tags={"study": study_name, "trial_key": key,
                                            "trial_id": tune.get_context().get_trial_id()})
-    cache = StageCache.for_storage(storage_path)
-    resume = (run_dir / "config.yaml").is_file()
+    cache = stage_cache_for(storage)
+    resume = (run_dir / "config.yaml").is_file() if remote is None \
+        else remote.exists(f"{rel}/config.yaml")
     if workers == 0:
-        run_training(config, storage_path, run_dir, resume=resume, tracking=tracking,
+        run_training(config, storage, run_dir, resume=resume, tracking=tracking,
                      stage_cache=cache, show_progress=False, log=print, hooks=_TuneHooks())
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        run_training(config, storage_path, run_dir, resume=resume, tracking=tracking,
+        run_training(config, storage, run_dir, resume=resume, tracking=tracking,
                      stage_cache=cache, show_progress=False, log=print,
                      distributed=DistributedOptions(workers=workers,
                                                     cpus_per_worker=cpus_per_worker,
@@ -124,9 +137,21 @@ def _trial_params(study: Study, options: StudyOptions) -> list[dict[str, Any]]:
             for d in study.datasets for i, p in enumerate(points)]
 
 
-def run_study(study: Study, storage: Path, options: StudyOptions,
+def study_storage(storage: str | Path) -> tuple[Path, RemoteStorage | None]:
+    """(the local folder a study works in, the bucket or None): a folder is its own local
+    folder; `s3://bucket/prefix` works in its mirror and is checked first (one line on a bad
+    bucket, endpoint or missing credentials)."""
+    remote = open_storage(storage)
+    if remote:
+        remote.check()
+        return remote.mirror, remote
+    return Path(storage).resolve(), None
+
+
+def run_study(study: Study, storage: str | Path, options: StudyOptions,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every trial of `study`; return the study's results (also written to storage)."""
+    """Run every trial of `study`; return the study's results (also written to storage:
+    a folder, or `s3://bucket/prefix` through the local mirror)."""
     import ray
     from ray import tune
 
@@ -134,7 +159,7 @@ def run_study(study: Study, storage: Path, options: StudyOptions,
 
     ray_was_up = ray.is_initialized()
     name = options.name or study.name
-    storage = Path(storage).resolve()
+    storage, remote = study_storage(storage)
     study_dir = storage / name
     workers = study.resources.workers if options.workers_per_trial is None \
         else options.workers_per_trial
@@ -159,10 +184,12 @@ def run_study(study: Study, storage: Path, options: StudyOptions,
 
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(study.text)
+    if remote:
+        push_study_files(remote, storage, name)
     tracker, uri = _parent_run(study, storage, name, options)
 
     trainable = tune.with_parameters(
-        _trial, study=study, storage=str(storage), study_name=name,
+        _trial, study=study, storage=remote.uri if remote else str(storage), study_name=name,
         parent_run_id=getattr(tracker, "run_id", None), tracking_uri=uri, workers=workers,
         cpus_per_worker=cpus, gpus_per_worker=gpus)
     resources = {"CPU": per_trial_cpu if workers == 0 else 0.25}
@@ -186,6 +213,8 @@ def run_study(study: Study, storage: Path, options: StudyOptions,
                                   grace_period=int(study.scheduler.get("grace_period", 1)),
                                   reduction_factor=float(study.scheduler.get("reduction_factor", 3)))
 
+    # Tune's state beside the trials; on S3 Tune writes it to the bucket itself.
+    tune_dir = remote.url(f"{name}/tune") if remote else str(study_dir / "tune")
     results: list[dict[str, Any]] = []
     start = time.time()
     lifecycle = contextlib.nullcontext()
@@ -198,7 +227,7 @@ def run_study(study: Study, storage: Path, options: StudyOptions,
             params = _trial_params(study, options)
             log(f"study {name}: {len(params)} trials ({study.kind}), up to {concurrent} at once")
             results.append(_fit(tune, trainable, {"trial": tune.grid_search(params)}, None,
-                                scheduler, 1, concurrent, study_dir / "tune", "grid",
+                                scheduler, 1, concurrent, tune_dir, "grid",
                                 options.resume, study))
         else:
             from optuna.samplers import TPESampler
@@ -212,7 +241,7 @@ def run_study(study: Study, storage: Path, options: StudyOptions,
                     sampler=TPESampler(seed=options.search_seed))
                 log(f"study {name}: TPE over {dataset}, {n} trials, up to {concurrent} at once")
                 results.append(_fit(tune, trainable, {}, searcher, scheduler, n, concurrent,
-                                    study_dir / "tune", f"search-{safe_name(dataset)}",
+                                    tune_dir, f"search-{safe_name(dataset)}",
                                     options.resume, study))
         _close_orphans(uri, name)
         failed = [f"{r.config['trial']['trial_key']}: {type(r.error).__name__}: "
@@ -220,11 +249,16 @@ def run_study(study: Study, storage: Path, options: StudyOptions,
                   for grid in results for r in grid if r.error is not None]
         for line in failed:
             log(f"trial failed: {line}")
+        if remote:  # the trials may have run on other nodes: their results are in the bucket
+            pull_trial_results(remote, storage, name)
         table = collect(study, storage, name)
         table["failed_trials"] = failed
         table["wall_time_s"] = time.time() - start
         (study_dir / "results.json").write_text(json.dumps(table, indent=2))
         (study_dir / "table.md").write_text(format_table(table))
+        if remote:
+            push_study_files(remote, storage, name)
+            table["storage_url"] = remote.url(name)
         if uri:
             tracker.log_artifact(study_dir / "study.yaml")
             tracker.log_artifact(study_dir / "table.md")
@@ -235,6 +269,36 @@ def run_study(study: Study, storage: Path, options: StudyOptions,
         table["mlflow_ui"] = ui_command(uri)
         table["mlflow_uri"] = uri
     return table
+
+
+# Per trial, what the table and the report read; checkpoints stay in the bucket.
+TRIAL_RESULT_FILES = ("summary.json", "config.yaml", "metrics.jsonl")
+
+
+def pull_trial_results(remote: RemoteStorage, storage: Path, name: str) -> int:
+    """Download every trial's summary, config, metrics and predictions from the bucket into
+    the mirror (files already there with the same size are kept); return how many."""
+    pulled = 0
+    for rel in remote.list(f"{name}/trials"):
+        base = rel.rsplit("/", 1)[-1]
+        if not (base in TRIAL_RESULT_FILES or "/predictions/" in f"/{rel}"):
+            continue
+        local = storage / name / "trials" / rel
+        if local.is_file() and local.stat().st_size == remote.size(f"{name}/trials/{rel}"):
+            continue
+        remote.download(f"{name}/trials/{rel}", local)
+        pulled += 1
+    return pulled
+
+
+def push_study_files(remote: RemoteStorage, storage: Path, name: str) -> None:
+    """The study's own files (study.yaml, results.json, table.md, report/) to the bucket."""
+    study_dir = storage / name
+    files = [p for p in study_dir.glob("*") if p.is_file() and not p.name.startswith(".")]
+    if (study_dir / "report").is_dir():
+        files += [p for p in (study_dir / "report").rglob("*") if p.is_file()]
+    for path in files:
+        remote.upload(path, f"{name}/{path.relative_to(study_dir).as_posix()}")
 
 
 class _DefineByRun:
@@ -256,10 +320,10 @@ def _space_point(study: Study, trial, dataset: str) -> dict[str, Any]:
 
 
 def _fit(tune, trainable, param_space, searcher, scheduler, num_samples, concurrent,
-         tune_dir: Path, run_name: str, resume: bool, study: Study):
-    path = tune_dir / run_name
-    if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+         tune_dir: str, run_name: str, resume: bool, study: Study):
+    path = f"{tune_dir}/{run_name}"
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -268,7 +332,7 @@ def _fit(tune, trainable, param_space, searcher, scheduler, num_samples, concurr
                 metric=study.metric, mode=study.mode, search_alg=searcher, scheduler=scheduler,
                 num_samples=num_samples, max_concurrent_trials=concurrent,
                 trial_dirname_creator=lambda t: t.trial_id),
-            run_config=tune.RunConfig(name=run_name, storage_path=str(tune_dir),
+            run_config=tune.RunConfig(name=run_name, storage_path=tune_dir,
                                       failure_config=tune.FailureConfig(max_failures=1)))
     return tuner.fit()
 
