@@ -195,6 +195,25 @@ def test_training_step_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_training_step_benchmark_inference_only_pass(tmp_path):
+    """The second pass of a GPU session (--inference-only, there with --compile): only the
+    inference rows are timed and written; the training table and the input pipeline are not."""
+    out = tmp_path / "inference.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "benchmark.py"), "--training-step",
+         "--inference-only", "--steps", "1", "--warmup", "0", "--inference-batch", "2",
+         "--out", str(out)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+        text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["rows"] == [] and data["input_pipeline"] == []
+    assert {r["model"] for r in data["inference"]} == {"HiVG", "bare towers"}
+    assert "fast/ref" not in proc.stdout and "input pipeline" not in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].startswith("JSON:")
+
+
+@pytest.mark.slow
 def test_profile_accuracy_benchmark_trains_both_profiles_on_the_same_data(synthetic_storage,
                                                                           tmp_path):
     out = tmp_path / "acc.json"
