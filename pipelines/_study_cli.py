@@ -23,14 +23,6 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the study's Tune state")
 
 
-def study_storage(text: str):
-    """(the local folder the study works in, the bucket or None) for `--storage`: a folder,
-    or s3://BUCKET/PREFIX (checked now, in one line; the study then works in its mirror)."""
-    from hivg.orchestration.tune import study_storage as resolve
-
-    return resolve(text)
-
-
 def prepare(study, storage: Path, log=print):
     """Synthetic data and the tiny CLIP's weights made once, before any trial starts."""
     from hivg.cli import with_storage_defaults
@@ -72,5 +64,5 @@ def print_results(table: dict, storage: Path, remote=None) -> None:
     from hivg.orchestration.report import report_after_study
     report_after_study(table, storage)  # report.md, tables, plots; a failure only warns
     if remote:
-        push_study_files(remote, storage, table["study"])
+        push_study_files(remote, storage, table["study"], report_only=True)
         print(f"pushed to {where} (local mirror {storage / table['study']})")

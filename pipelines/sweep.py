@@ -12,8 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _study_cli import (add_study_flags, options_from, prepare, print_results,  # noqa: E402
-                        study_storage)  # noqa: E402
+from _study_cli import add_study_flags, options_from, prepare, print_results  # noqa: E402
 
 from hivg.cli import run_main  # noqa: E402
 
@@ -28,7 +27,7 @@ def main() -> int:
     args = p.parse_args()
     from hivg.errors import UserError
     from hivg.orchestration.search_space import load_study
-    from hivg.orchestration.tune import run_study
+    from hivg.orchestration.tune import run_study, study_storage
 
     study = load_study(Path(args.space))
     if study.kind != "space":

@@ -91,7 +91,7 @@ def relative_image_paths(table: pa.Table, dataset_folder: str | Path) -> pa.Tabl
     """The manifest with image paths inside `dataset_folder` made relative to it, so a storage
     folder that is moved or copied (to another node, back from S3) still finds its own images;
     paths elsewhere (a dataset's external image folder) stay absolute."""
-    folder = os.path.abspath(dataset_folder) + os.sep
+    folder = str(Path(dataset_folder).resolve()) + os.sep  # as records resolve theirs
     paths = [os.path.relpath(p, folder) if p.startswith(folder) else p
              for p in table.column("image_path").to_pylist()]
     i = table.column_names.index("image_path")

@@ -72,8 +72,10 @@ class Attention(nn.Module):
         key = query if key is None else key
         value = key if value is None else value
         d = self.dim
-        live = [a for a in self.lora.values() if not self._folds(a)]
-        W, W_out = self._weights(len(live) < len(self.lora))
+        folded, live = [], []
+        for a in self.lora.values():
+            (folded if self._folds(a) else live).append(a)
+        W, W_out = self._weights(folded)
         b = self.in_proj_bias
         if query is key and key is value:
             qkv = F.linear(query, W, b)
@@ -121,18 +123,17 @@ class Attention(nn.Module):
             return True
         return not any(p.requires_grad for p in adapter.parameters())
 
-    def _weights(self, any_folded: bool) -> tuple[Tensor, Tensor]:
+    def _weights(self, folded: list[AttentionLoRA]) -> tuple[Tensor, Tensor]:
         """(in_proj weight, out_proj weight) with the folded adapters added: W + (alpha/r) B A.
         Cached while neither the base weights nor the folded adapters change (every in-place
         update, a load_state_dict or an optimizer step, bumps a tensor's version); rebuilt with
         autograd when the base weights train."""
         W, W_out = self.in_proj_weight, self.out_proj.weight
-        if not any_folded:
+        if not folded:
             return W, W_out
-        folded = [a for a in self.lora.values() if self._folds(a)]
         base_trains = W.requires_grad or W_out.requires_grad
         tensors = [W, W_out] + [t for a in folded for t in a.parameters()]
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors) + (len(folded),)
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         cache = self.__dict__.get("_folded_cache")
         if not base_trains and cache is not None and cache[0] == key:
             return cache[1], cache[2]

@@ -159,18 +159,17 @@ class RemoteStorage:
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.key(rel)).type == pafs.FileType.File
 
-    def size(self, rel: str) -> int:
-        """The object's size in bytes; -1 when it is not there."""
-        info = self.fs.get_file_info(self.key(rel))
-        return info.size if info.type == pafs.FileType.File else -1
-
     def list(self, rel: str) -> list[str]:
         """Files under `rel`, as paths relative to it."""
+        return sorted(self.sizes(rel))
+
+    def sizes(self, rel: str) -> dict[str, int]:
+        """Files under `rel` (paths relative to it) and their sizes in bytes, in one listing."""
         base = self.key(rel)
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
-            return []
+            return {}
         infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        return sorted(i.path[len(base) + 1:] for i in infos if i.type == pafs.FileType.File)
+        return {i.path[len(base) + 1:]: i.size for i in infos if i.type == pafs.FileType.File}
 
     def upload(self, local: Path, rel: str) -> None:
         pafs.copy_files(str(local), self.key(rel), source_filesystem=pafs.LocalFileSystem(),

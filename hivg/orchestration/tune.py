@@ -279,22 +279,25 @@ def pull_trial_results(remote: RemoteStorage, storage: Path, name: str) -> int:
     """Download every trial's summary, config, metrics and predictions from the bucket into
     the mirror (files already there with the same size are kept); return how many."""
     pulled = 0
-    for rel in remote.list(f"{name}/trials"):
+    for rel, size in sorted(remote.sizes(f"{name}/trials").items()):
         base = rel.rsplit("/", 1)[-1]
         if not (base in TRIAL_RESULT_FILES or "/predictions/" in f"/{rel}"):
             continue
         local = storage / name / "trials" / rel
-        if local.is_file() and local.stat().st_size == remote.size(f"{name}/trials/{rel}"):
+        if local.is_file() and local.stat().st_size == size:
             continue
         remote.download(f"{name}/trials/{rel}", local)
         pulled += 1
     return pulled
 
 
-def push_study_files(remote: RemoteStorage, storage: Path, name: str) -> None:
-    """The study's own files (study.yaml, results.json, table.md, report/) to the bucket."""
+def push_study_files(remote: RemoteStorage, storage: Path, name: str,
+                     report_only: bool = False) -> None:
+    """The study's own files (study.yaml, results.json, table.md, report/) to the bucket;
+    `report_only`: just report/, written after the study's other files were pushed."""
     study_dir = storage / name
-    files = [p for p in study_dir.glob("*") if p.is_file() and not p.name.startswith(".")]
+    files = [] if report_only else \
+        [p for p in study_dir.glob("*") if p.is_file() and not p.name.startswith(".")]
     if (study_dir / "report").is_dir():
         files += [p for p in (study_dir / "report").rglob("*") if p.is_file()]
     for path in files:
