@@ -122,6 +122,9 @@ class LossConfig:
     contrastive: float = 1.0
     align_focal: float = 20.0
     align_dice: float = 2.0
+    # Softmax over the patch grid, target: the cell under the box centre. Not in the paper;
+    # it trains the choice the dense box head makes (argmax of the map) directly.
+    align_ce: float = 0.0
     seg_focal: float = 20.0
     seg_dice: float = 2.0
     focal_alpha: float = 0.25
@@ -129,8 +132,8 @@ class LossConfig:
     contrastive_temperature: float = 0.07
 
     def __post_init__(self) -> None:
-        for f in ("l1", "giou", "contrastive", "align_focal", "align_dice", "seg_focal",
-                  "seg_dice"):
+        for f in ("l1", "giou", "contrastive", "align_focal", "align_dice", "align_ce",
+                  "seg_focal", "seg_dice"):
             v = getattr(self, f)
             _require(v >= 0, f"loss.{f}", "a weight >= 0 (0 switches the term off)", v)
         _require(self.l1 + self.giou > 0, "loss.l1", "l1 or giou > 0 (the box must be trained)",
@@ -143,7 +146,7 @@ class LossConfig:
 
     @property
     def use_align(self) -> bool:
-        return self.align_focal > 0 or self.align_dice > 0
+        return self.align_focal > 0 or self.align_dice > 0 or self.align_ce > 0
 
     @property
     def use_seg(self) -> bool:

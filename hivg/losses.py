@@ -5,6 +5,8 @@ model does not build the head it needs). Per-sample terms are averaged over the 
     giou         1 - GIoU(pred, gt)
     contrastive  symmetric in-batch InfoNCE: CLIP text EOS vs the bridged image CLS
     align_*      focal / dice on the text-to-patch map vs the box rasterised at the patch grid
+    align_ce     softmax cross-entropy over the map's cells, target: the cell under the box
+                 centre (the cell whose box the dense head trains)
     seg_*        focal / dice on the segmentation map, upsampled to the image, vs the box mask
 """
 from __future__ import annotations
@@ -46,12 +48,13 @@ def contrastive_loss(image_embed: Tensor, text_embed: Tensor, temperature: float
 
 class HiVGCriterion(nn.Module):
     def __init__(self, *, l1: float, giou: float, contrastive: float, align_focal: float,
-                 align_dice: float, seg_focal: float, seg_dice: float, focal_alpha: float = 0.25,
+                 align_dice: float, seg_focal: float, seg_dice: float, align_ce: float = 0.0,
+                 focal_alpha: float = 0.25,
                  focal_gamma: float = 2.0, temperature: float = 0.07):
         super().__init__()
         self.weights = {"l1": l1, "giou": giou, "contrastive": contrastive,
                         "align_focal": align_focal, "align_dice": align_dice,
-                        "seg_focal": seg_focal, "seg_dice": seg_dice}
+                        "align_ce": align_ce, "seg_focal": seg_focal, "seg_dice": seg_dice}
         self.focal_alpha, self.focal_gamma, self.temperature = focal_alpha, focal_gamma, temperature
 
     def forward(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -73,10 +76,14 @@ class HiVGCriterion(nn.Module):
         if w["contrastive"] > 0:
             terms["contrastive"] = contrastive_loss(outputs["image_embed"].float(),
                                                     outputs["text_embed"].float(), self.temperature)
-        if w["align_focal"] > 0 or w["align_dice"] > 0:
+        if w["align_focal"] > 0 or w["align_dice"] > 0 or w["align_ce"] > 0:
             logits = outputs["align_logits"].float()
             mask = rasterize_boxes(gt, logits.shape[-2], logits.shape[-1])
             self._mask_terms(terms, "align", logits, mask)
+            grid_h, grid_w = logits.shape[-2:]
+            col = (gt[:, 0] * grid_w).long().clamp(0, grid_w - 1)
+            row = (gt[:, 1] * grid_h).long().clamp(0, grid_h - 1)
+            terms["align_ce"] = F.cross_entropy(logits.flatten(1), row * grid_w + col)
         if w["seg_focal"] > 0 or w["seg_dice"] > 0:
             size = targets["pad_mask"].shape[-2:]
             logits = F.interpolate(outputs["seg_logits"].float()[:, None], size=size,
@@ -94,6 +101,6 @@ class HiVGCriterion(nn.Module):
 def build_criterion(loss: LossConfig) -> HiVGCriterion:
     return HiVGCriterion(l1=loss.l1, giou=loss.giou, contrastive=loss.contrastive,
                          align_focal=loss.align_focal, align_dice=loss.align_dice,
-                         seg_focal=loss.seg_focal, seg_dice=loss.seg_dice,
+                         seg_focal=loss.seg_focal, seg_dice=loss.seg_dice, align_ce=loss.align_ce,
                          focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma,
                          temperature=loss.contrastive_temperature)

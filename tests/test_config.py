@@ -40,6 +40,7 @@ def test_overrides_set_nested_values_and_stage_items_by_name_or_index():
     ("model.bridge.text_levels=[0]", "model.bridge.text_levels: expected 1-based"),
     ("model.bridge.enabled=maybe", "model.bridge.enabled: expected true or false"),
     ("loss.giou=-1", "loss.giou: expected a weight >= 0"),
+    ("loss.align_ce=-0.5", "loss.align_ce: expected a weight >= 0"),
     ("loss.l1=0", None),  # allowed alone: giou still trains the box
     ("data.max_train_samples=0", "data.max_train_samples: expected None or an integer >= 1"),
     ("device=tpu", "device: expected auto, cpu, cuda or cuda:N"),

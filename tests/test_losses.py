@@ -128,3 +128,26 @@ def test_dense_boxes_are_trained_at_the_patch_under_the_target_centre():
     assert out["giou"].item() == pytest.approx(0, abs=1e-6)
     dense[0, cells[0], 0] += 0.1
     assert crit({"pred_boxes": gt, "dense_boxes": dense}, {"box": gt})["l1"].item() > 0.04
+
+
+def test_align_ce_is_a_softmax_over_the_grid_aimed_at_the_cell_under_the_box_centre():
+    grid, B = 4, 2
+    gt = torch.tensor([[0.30, 0.60, 0.2, 0.1], [0.90, 0.10, 0.1, 0.1]])
+    cells = torch.tensor([int(0.60 * grid) * grid + int(0.30 * grid),
+                          int(0.10 * grid) * grid + int(0.90 * grid)])
+    logits = torch.randn(B, grid, grid, generator=torch.Generator().manual_seed(1))
+    crit = build_criterion(LossConfig(contrastive=0, align_focal=0, align_dice=0, align_ce=1.5,
+                                      seg_focal=0, seg_dice=0))
+    out = crit({"pred_boxes": gt, "align_logits": logits}, {"box": gt})
+    assert set(out) == {"loss", "l1", "giou", "align_ce"}
+    torch.testing.assert_close(out["align_ce"], F.cross_entropy(logits.flatten(1), cells))
+    torch.testing.assert_close(out["loss"], 1.5 * out["align_ce"] + 2 * out["l1"] + 2 * out["giou"])
+    # A map peaked at the target's centre cell costs less than one peaked at a neighbour.
+    peaked = torch.zeros(B, grid * grid)
+    peaked[torch.arange(B), cells] = 5.0
+    elsewhere = torch.zeros(B, grid * grid)
+    elsewhere[torch.arange(B), (cells + 1) % (grid * grid)] = 5.0
+    at = crit({"pred_boxes": gt, "align_logits": peaked.view(B, grid, grid)}, {"box": gt})
+    off = crit({"pred_boxes": gt, "align_logits": elsewhere.view(B, grid, grid)}, {"box": gt})
+    assert at["align_ce"] < 0.1 < off["align_ce"]
+    assert LossConfig(align_focal=0, align_dice=0, align_ce=1).use_align  # the head is built

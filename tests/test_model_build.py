@@ -82,6 +82,8 @@ SWITCHES = {
     # the dense box head picks its box with the alignment map: no alignment, [REG] boxes
     "no_align": {"loss.align_focal": 0, "loss.align_dice": 0, "model.box_head": "reg"},
     "reg_box_head": {"model.box_head": "reg"},
+    "align_ce_only": {"loss.align_focal": 0, "loss.align_dice": 0, "loss.align_ce": 1},
+    "align_ce_and_all": {"loss.align_ce": 1},
     "no_seg": {"loss.seg_focal": 0, "loss.seg_dice": 0},
     "box_only": {"loss.contrastive": 0, "loss.align_focal": 0, "loss.align_dice": 0,
                  "loss.seg_focal": 0, "loss.seg_dice": 0, "model.box_head": "reg"},
@@ -121,7 +123,7 @@ def test_every_trainable_parameter_gets_a_gradient(variant, stage):
     assert ("image_embed" in out) == (loss.contrastive > 0)
     terms = {k for k in losses if k != "loss"}
     weights = {k: getattr(loss, k) for k in ("l1", "giou", "contrastive", "align_focal",
-                                             "align_dice", "seg_focal", "seg_dice")}
+                                             "align_dice", "align_ce", "seg_focal", "seg_dice")}
     assert terms == {k for k, w in weights.items() if w > 0}
 
 

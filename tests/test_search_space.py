@@ -53,8 +53,9 @@ def test_demo_is_eight_short_trials_on_the_tiny_model():
     study = load_study(REPO / "search_spaces" / "demo.yaml")
     trials = variant_trials(study)
     assert len(trials) == 8 and study.datasets == ["synthetic"] and study.seeds == [13, 14]
-    assert study.base.preset == "tiny" and study.base.data.max_train_samples == 3000
-    assert [s.epochs for s in study.base.hilora.stages] == [2, 1]
+    assert study.base.preset == "tiny" and study.base.data.max_train_samples == 2500
+    assert [s.epochs for s in study.base.hilora.stages] == [3, 1]
+    assert study.base.loss.align_ce > 0  # the baseline trains the dense head's choice
     assert study.resources.workers == 0  # trials train in their own process
     no_aux = config_for(study, study.variants["no-aux-losses"], "synthetic", 13, "no-aux-losses")
     assert no_aux.model.box_head == "reg" and not no_aux.loss.use_align
