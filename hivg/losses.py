@@ -46,6 +46,13 @@ def contrastive_loss(image_embed: Tensor, text_embed: Tensor, temperature: float
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
+def centre_cell(box: Tensor, grid_h: int, grid_w: int) -> Tensor:
+    """(B, 4) cxcywh in [0, 1] -> (B,) row-major index of the grid cell under each centre."""
+    col = (box[:, 0] * grid_w).long().clamp(0, grid_w - 1)
+    row = (box[:, 1] * grid_h).long().clamp(0, grid_h - 1)
+    return row * grid_w + col
+
+
 class HiVGCriterion(nn.Module):
     def __init__(self, *, l1: float, giou: float, contrastive: float, align_focal: float,
                  align_dice: float, seg_focal: float, seg_dice: float, align_ce: float = 0.0,
@@ -66,8 +73,7 @@ class HiVGCriterion(nn.Module):
         if "dense_boxes" in outputs:  # train the box of the patch under the target's centre
             dense = outputs["dense_boxes"].float()
             grid = int(round(dense.shape[1] ** 0.5))
-            cell = (gt[:, :2] * grid).long().clamp(0, grid - 1)
-            pred = dense[torch.arange(len(gt), device=gt.device), cell[:, 1] * grid + cell[:, 0]]
+            pred = dense[torch.arange(len(gt), device=gt.device), centre_cell(gt, grid, grid)]
         terms: dict[str, Tensor] = {}
         if w["l1"] > 0:
             terms["l1"] = F.l1_loss(pred, gt, reduction="none").sum(-1).mean()
@@ -76,14 +82,14 @@ class HiVGCriterion(nn.Module):
         if w["contrastive"] > 0:
             terms["contrastive"] = contrastive_loss(outputs["image_embed"].float(),
                                                     outputs["text_embed"].float(), self.temperature)
-        if w["align_focal"] > 0 or w["align_dice"] > 0 or w["align_ce"] > 0:
+        if w["align_focal"] > 0 or w["align_dice"] > 0:
             logits = outputs["align_logits"].float()
             mask = rasterize_boxes(gt, logits.shape[-2], logits.shape[-1])
             self._mask_terms(terms, "align", logits, mask)
-            grid_h, grid_w = logits.shape[-2:]
-            col = (gt[:, 0] * grid_w).long().clamp(0, grid_w - 1)
-            row = (gt[:, 1] * grid_h).long().clamp(0, grid_h - 1)
-            terms["align_ce"] = F.cross_entropy(logits.flatten(1), row * grid_w + col)
+        if w["align_ce"] > 0:
+            logits = outputs["align_logits"].float()
+            cells = centre_cell(gt, logits.shape[-2], logits.shape[-1])
+            terms["align_ce"] = F.cross_entropy(logits.flatten(1), cells)
         if w["seg_focal"] > 0 or w["seg_dice"] > 0:
             size = targets["pad_mask"].shape[-2:]
             logits = F.interpolate(outputs["seg_logits"].float()[:, None], size=size,
