@@ -1,9 +1,21 @@
 """Configuration: nested dataclasses, validated at construction.
 
-One `Config` describes a whole run. It round-trips through dicts and YAML, accepts
-`a.b.c=value` overrides, and every error names the dotted key and what was expected.
-Builders (`hivg.model.build`, `hivg.data.dataset`, `hivg.train.fit`) turn it into explicit
-constructor arguments; modules never receive a config object.
+One `Config` describes a whole run. It round-trips through dicts and YAML, and every error
+names the dotted key and what was expected. Builders (`hivg.model.build`, `hivg.data.dataset`,
+`hivg.train.fit`) turn it into explicit constructor arguments; modules never receive a
+config object. Every field carries its help text (`field(metadata={"help": ...})`).
+
+Presets (`hivg/configs/*.yaml`) are the one place a model's values live: the fields a preset
+decides (the CLIP model, its image size and text context, bridge layers, fusion shape, the
+HiLoRA stages) have no default here, so a config starts from a preset or gives them all.
+
+One grammar for dotted keys, used by the command line (`optim.lr=1e-4`), study files and
+search points alike:
+- `a.b.c` walks nested mappings; a list of named items is addressed by name or by position
+  (`hilora.stages.stage1.rank`, `hilora.stages.1.rank`);
+- `hilora.num_stages=N` keeps the first N stages (applied before the other keys, so a key of
+  a dropped stage is an unknown key);
+- keys print as a user types them (`hilora.stages.stage0.epochs`).
 """
 from __future__ import annotations
 
@@ -19,10 +31,28 @@ import yaml
 from hivg.errors import UserError
 
 PRESETS_DIR = Path(__file__).parent / "configs"
+NUM_STAGES = "hilora.num_stages"  # keeps the first N stages; see apply_overrides
 
 
 class ConfigError(UserError, ValueError):
     """A user error in configuration: the message names the key and what was expected."""
+
+
+class UnknownKeyError(ConfigError):
+    """A dotted key that addresses no field. `walked`: the key up to the part that failed;
+    `choices`: what exists there; `list_name`: set when that part names a missing list item
+    (`choices` are then the items' names)."""
+
+    def __init__(self, walked: str, choices: list[str], list_name: str | None = None,
+                 reason: str | None = None) -> None:
+        self.walked, self.choices, self.list_name = walked, choices, list_name
+        part = walked.rsplit(".", 1)[-1]
+        if reason is None:
+            reason = (f"expected an index < {len(choices)} or one of {', '.join(choices)}"
+                      if list_name else f"expected one of {', '.join(choices)}")
+        self.reason = reason
+        what = f"no list item {part!r}" if list_name else "unknown key"
+        super().__init__(f"{walked}: {what} ({reason})")
 
 
 def _require(condition: bool, key: str, expected: str, value: Any) -> None:
@@ -30,20 +60,26 @@ def _require(condition: bool, key: str, expected: str, value: Any) -> None:
         raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
+def _help(text: str, **kwargs: Any) -> Any:
+    """A dataclass field with its help text (no default: the field is required)."""
+    return field(metadata={"help": text}, **kwargs)
+
+
 # ----------------------------------------------------------------------------- model
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BridgeConfig:
     """The multi-layer adaptive cross-modal bridge (ablation axes)."""
 
-    enabled: bool = True
-    # 0-based vision encoder layers that receive a cross-attention to text.
-    vision_layers: list[int] = field(default_factory=lambda: [0, 3, 7, 11])
-    # 1-based text layer outputs used as keys/values (released code: hidden_states[i]).
-    text_levels: list[int] = field(default_factory=lambda: [12])
-    # Learned sample-agnostic position weights: t + w * t per text level.
-    adaptive_weights: bool = True
+    enabled: bool = _help("cross-attention from vision layers to text states", default=True)
+    vision_layers: list[int] = _help(
+        "0-based vision encoder layers that receive a cross-attention to text (also the "
+        "fused visual taps)")
+    text_levels: list[int] = _help(
+        "1-based text layer outputs used as keys/values (released code: hidden_states[i])")
+    adaptive_weights: bool = _help(
+        "learned sample-agnostic position weights: t + w * t per text level", default=True)
 
     def __post_init__(self) -> None:
         _require(len(self.vision_layers) > 0 or not self.enabled, "model.bridge.vision_layers",
@@ -60,15 +96,16 @@ class BridgeConfig:
         self.text_levels = sorted(self.text_levels)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VLEncoderConfig:
     """The visual-linguistic transformer on [REG] + visual tokens + text tokens."""
 
-    layers: int = 6
-    dim: Optional[int] = None  # None: CLIP's embedding dim (512 for B/16, 768 for L/14)
-    heads: int = 8
-    ffn_dim: int = 2048
-    dropout: float = 0.1
+    layers: int = _help("transformer layers")
+    dim: Optional[int] = _help("width; null: CLIP's embedding width (512 for B/16, 768 for "
+                               "L/14)", default=None)
+    heads: int = _help("attention heads")
+    ffn_dim: int = _help("feed-forward width")
+    dropout: float = _help("dropout in attention and feed-forward")
 
     def __post_init__(self) -> None:
         _require(self.layers >= 1, "model.vl_encoder.layers", "an integer >= 1", self.layers)
@@ -80,27 +117,30 @@ class VLEncoderConfig:
                  self.dropout)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelConfig:
-    # open_clip model name: ViT-B-16-quickgelu, ViT-L-14-quickgelu, or a registered tiny one.
-    clip: str = "ViT-B-16-quickgelu"
-    # Local weights file; None = random init (tests, or the tiny model before pre-training).
-    weights: Optional[str] = None
-    # auto | open_clip | hf | hivg_released
-    weights_format: Literal["auto", "open_clip", "hf", "hivg_released"] = "auto"
-    image_size: int = 224
-    context_length: int = 77
-    bridge: BridgeConfig = field(default_factory=BridgeConfig)
-    vl_encoder: VLEncoderConfig = field(default_factory=VLEncoderConfig)
-    head_layers: int = 3
-    # Segmentation head: full (VL width in every upsampling) or tapered (halving channels).
-    seg_head: Literal["full", "tapered"] = "full"
-    # eager (the released code's attention) or sdpa (fused kernels).
-    attention: Literal["eager", "sdpa"] = "sdpa"
-    # reg: the paper's box regressor on [REG]. dense: every patch regresses the box of the
-    # object it lies on and the alignment map picks the patch (needs the alignment loss on);
-    # it learns in far fewer samples, which the tiny CPU model needs (README, "learning").
-    box_head: Literal["reg", "dense"] = "reg"
+    clip: str = _help("open_clip model name: ViT-B-16-quickgelu, ViT-L-14-quickgelu, or a "
+                      "registered tiny one (hivg-tiny)")
+    weights: Optional[str] = _help(
+        "local weights file; null: random init (tests); @synthetic-pretrained: the tiny CLIP "
+        "pre-trained on synthetic captions, cached under {storage}/weights", default=None)
+    weights_format: Literal["auto", "open_clip", "hf", "hivg_released"] = _help(
+        "how to read model.weights (auto: guessed from its keys)", default="auto")
+    image_size: int = _help("input canvas in pixels (the CLIP model's image size)")
+    context_length: int = _help("text tokens (at most the CLIP model's context)")
+    bridge: BridgeConfig = _help("the cross-modal bridge")
+    vl_encoder: VLEncoderConfig = _help("the visual-linguistic fusion transformer")
+    head_layers: int = _help("layers of the box MLP on [REG]", default=3)
+    seg_head: Literal["full", "tapered"] = _help(
+        "segmentation head: full (VL width in every upsampling) or tapered (halving "
+        "channels)", default="full")
+    attention: Literal["eager", "sdpa"] = _help(
+        "eager (the released code's attention) or sdpa (fused kernels)", default="sdpa")
+    # dense learns in far fewer samples, which the tiny CPU model needs (README, "learning").
+    box_head: Literal["reg", "dense"] = _help(
+        "reg: the paper's box regressor on [REG]; dense: every patch regresses the box of the "
+        "object it lies on and the alignment map picks the patch (needs the alignment loss)",
+        default="reg")
 
     def __post_init__(self) -> None:
         _require(bool(self.clip), "model.clip", "an open_clip model name", self.clip)
@@ -113,23 +153,25 @@ class ModelConfig:
 # ----------------------------------------------------------------------------- losses
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LossConfig:
-    """Loss weights; a weight of 0 switches the term off (and its head is not built)."""
+    """Loss weights (the paper's); a weight of 0 switches the term off (and its head is not
+    built)."""
 
-    l1: float = 2.0
-    giou: float = 2.0
-    contrastive: float = 1.0
-    align_focal: float = 20.0
-    align_dice: float = 2.0
-    # Softmax over the patch grid, target: the cell under the box centre. Not in the paper;
-    # it trains the choice the dense box head makes (argmax of the map) directly.
-    align_ce: float = 0.0
-    seg_focal: float = 20.0
-    seg_dice: float = 2.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    contrastive_temperature: float = 0.07
+    l1: float = _help("L1 on the box (cxcywh)", default=2.0)
+    giou: float = _help("1 - GIoU on the box", default=2.0)
+    contrastive: float = _help("symmetric in-batch CLIP contrastive loss", default=1.0)
+    align_focal: float = _help("focal loss on the text-to-patch alignment map", default=20.0)
+    align_dice: float = _help("Dice loss on the alignment map", default=2.0)
+    # Not in the paper; it trains the choice the dense box head makes (argmax of the map).
+    align_ce: float = _help("cross-entropy of a softmax over the patch grid, target: the cell "
+                            "under the box centre", default=0.0)
+    seg_focal: float = _help("focal loss on the segmentation map", default=20.0)
+    seg_dice: float = _help("Dice loss on the segmentation map", default=2.0)
+    focal_alpha: float = _help("focal loss alpha", default=0.25)
+    focal_gamma: float = _help("focal loss gamma", default=2.0)
+    contrastive_temperature: float = _help("temperature of the contrastive logits",
+                                           default=0.07)
 
     def __post_init__(self) -> None:
         for f in ("l1", "giou", "contrastive", "align_focal", "align_dice", "align_ce",
@@ -156,26 +198,29 @@ class LossConfig:
 # ----------------------------------------------------------------------------- HiLoRA stages
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StageConfig:
     """One HiLoRA stage. Stage 0 usually has no LoRA (CLIP frozen, bridge + head trained)."""
 
-    name: str = "stage0"
-    epochs: int = 1
-    lr: float = 2.5e-4
-    batch_size: int = 80  # per worker
-    # Inclusive [first, last] 0-based vision layers whose LoRA trains; None = no vision LoRA.
-    vision_layers: Optional[list[int]] = None
-    # Inclusive [first, last] 0-based text layers with LoRA; None = no text LoRA.
-    text_layers: Optional[list[int]] = None
-    # LoRA on the bridge's cross-attention.
-    bridge_lora: bool = False
-    rank: int = 32
-    alpha: float = 16.0
-    dropout: float = 0.1
+    name: str = _help("the stage's name: its key in overrides, its adapters' name")
+    epochs: int = _help("epochs (0: the stage only evaluates its start)")
+    lr: float = _help("learning rate (scaled with the global batch when optim.scale_lr)")
+    batch_size: int = _help("batch per worker")
+    vision_layers: Optional[list[int]] = _help(
+        "inclusive [first, last] 0-based vision layers whose LoRA trains; null: none",
+        default=None)
+    text_layers: Optional[list[int]] = _help(
+        "inclusive [first, last] 0-based text layers with LoRA; null: none", default=None)
+    bridge_lora: bool = _help("LoRA on the bridge's cross-attention", default=False)
+    rank: int = _help("LoRA rank", default=32)
+    alpha: float = _help("LoRA alpha", default=16.0)
+    dropout: float = _help("LoRA dropout", default=0.1)
 
     def __post_init__(self) -> None:
-        key = f"hilora.stages[{self.name}]"
+        key = f"hilora.stages.{self.name}"
+        _require(bool(self.name) and "." not in self.name and not self.name.isdigit(),
+                 f"{key}.name", "a name without '.' that is not a number (keys address "
+                 "stages by name or position)", self.name)
         _require(self.epochs >= 0, f"{key}.epochs", "an integer >= 0", self.epochs)
         _require(self.lr > 0, f"{key}.lr", "a learning rate > 0", self.lr)
         _require(self.batch_size >= 1, f"{key}.batch_size", "an integer >= 1", self.batch_size)
@@ -195,24 +240,12 @@ class StageConfig:
         return self.vision_layers is not None or self.text_layers is not None or self.bridge_lora
 
 
-def _default_stages() -> list[StageConfig]:
-    return [
-        StageConfig(name="stage0", epochs=60, lr=2.5e-4, batch_size=80),
-        StageConfig(name="stage1", epochs=20, lr=1e-4, batch_size=60, vision_layers=[0, 4],
-                    text_layers=[0, 11], bridge_lora=True),
-        StageConfig(name="stage2", epochs=20, lr=5e-5, batch_size=60, vision_layers=[0, 7],
-                    text_layers=[0, 11], bridge_lora=True),
-        StageConfig(name="stage3", epochs=20, lr=2.5e-5, batch_size=40, vision_layers=[0, 11],
-                    text_layers=[0, 11], bridge_lora=True),
-    ]
-
-
-@dataclass
+@dataclass(kw_only=True)
 class HiLoRAConfig:
-    # paper: a new adapter per stage, earlier ones frozen.
-    # released: one adapter per module; earlier ranges and text LoRA stay trainable.
-    policy: Literal["paper", "released"] = "paper"
-    stages: list[StageConfig] = field(default_factory=_default_stages)
+    policy: Literal["paper", "released"] = _help(
+        "paper: a new adapter per stage, earlier ones frozen; released: one adapter per "
+        "module, earlier ranges and text LoRA stay trainable", default="paper")
+    stages: list[StageConfig] = _help("the stage schedule, trained in order")
 
     def __post_init__(self) -> None:
         _require(len(self.stages) >= 1, "hilora.stages", "at least one stage", self.stages)
@@ -223,23 +256,27 @@ class HiLoRAConfig:
 # ----------------------------------------------------------------------------- data / optim
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataConfig:
-    dataset: str = "synthetic"
-    # Folder holding prepared manifests: {data_dir}/{dataset}/{split}.parquet.
-    # None: the pipelines use {storage}/data.
-    data_dir: Optional[str] = None
-    train_split: str = "train"
-    val_split: str = "val"
-    # None: every prepared split other than train and val.
-    test_splits: Optional[list[str]] = None
-    augment: bool = True
-    num_workers: int = 0
-    # Cap on training expressions (quick experiments); None = all.
-    max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
-    # Control experiment: each sample is given another sample's phrase (train and eval).
-    text_blind: bool = False
+    dataset: str = _help("dataset name (hivg.data.splits.DATASETS)", default="synthetic")
+    data_dir: Optional[str] = _help(
+        "folder of prepared manifests, {data_dir}/{dataset}/{split}.parquet; null: the "
+        "pipelines use {storage}/data", default=None)
+    train_split: str = _help("training split", default="train")
+    val_split: str = _help("split that picks checkpoints (and that searchers see)",
+                           default="val")
+    test_splits: Optional[list[str]] = _help(
+        "splits evaluated once at the end; null: every prepared split but train and val",
+        default=None)
+    augment: bool = _help("training augmentation (resize/crop, colour jitter, translation)",
+                          default=True)
+    num_workers: int = _help("DataLoader worker processes", default=0)
+    max_train_samples: Optional[int] = _help(
+        "cap on training expressions (quick experiments); null: all", default=None)
+    max_eval_samples: Optional[int] = _help("cap on evaluated expressions; null: all",
+                                            default=None)
+    text_blind: bool = _help("control experiment: each sample gets another sample's phrase "
+                             "(train and eval)", default=False)
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset), "data.dataset", "a dataset name", self.dataset)
@@ -249,16 +286,16 @@ class DataConfig:
             _require(v is None or v >= 1, f"data.{f}", "None or an integer >= 1", v)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OptimConfig:
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.0
-    grad_clip_norm: float = 0.0  # 0 = off
-    # Scale each stage's lr by global_batch / reference_global_batch (linear rule).
-    scale_lr: bool = True
-    # The recipe's global batch is 7 GPUs x the stage's per-GPU batch.
-    reference_world_size: int = 7
-    eval_batch_size: int = 64
+    weight_decay: float = _help("AdamW weight decay", default=1e-4)
+    warmup_epochs: float = _help("linear warm-up before the cosine schedule", default=0.0)
+    grad_clip_norm: float = _help("gradient clipping by norm; 0: off", default=0.0)
+    scale_lr: bool = _help("scale each stage's lr by global batch / reference global batch "
+                           "(the linear rule)", default=True)
+    reference_world_size: int = _help(
+        "the recipe's GPUs: its global batch is this x the stage's batch", default=7)
+    eval_batch_size: int = _help("batch of evaluation passes", default=64)
 
     def __post_init__(self) -> None:
         _require(self.weight_decay >= 0, "optim.weight_decay", "a value >= 0", self.weight_decay)
@@ -272,26 +309,25 @@ class OptimConfig:
                  self.eval_batch_size)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    hilora: HiLoRAConfig = field(default_factory=HiLoRAConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 13
-    # auto | cpu | cuda
-    device: str = "auto"
-    # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # Speed profile (hivg.train.profile): reference = the released recipe (fp32, TF32 off,
-    # eager attention, unfused AdamW, DDP unused-parameter search); fast = bf16 autocast,
-    # SDPA, fused AdamW, no unused-parameter search; auto = fast on GPU, fp32 + sdpa on CPU.
-    profile: Literal["auto", "fast", "reference"] = "auto"
-    # A free-form variant label (ablation name); recorded, never changes behaviour.
-    variant: str = "baseline"
-    # Which preset this config started from (recorded for reports).
-    preset: str = "custom"
+    model: ModelConfig = _help("the network")
+    loss: LossConfig = _help("loss weights", default_factory=LossConfig)
+    hilora: HiLoRAConfig = _help("the HiLoRA stage schedule")
+    data: DataConfig = _help("the dataset and its loading", default_factory=DataConfig)
+    optim: OptimConfig = _help("the optimiser", default_factory=OptimConfig)
+    seed: int = _help("seed of initialisation, data order and augmentation", default=13)
+    device: str = _help("auto | cpu | cuda | cuda:N", default="auto")
+    precision: Literal["auto", "fp32", "bf16"] = _help(
+        "auto: as the speed profile says (bf16 autocast on GPU, fp32 on CPU)", default="auto")
+    profile: Literal["auto", "fast", "reference"] = _help(
+        "speed profile (hivg.train.profile): reference = the released recipe (fp32, TF32 "
+        "off, eager attention); fast = bf16 autocast, SDPA, fused AdamW; auto = fast on GPU, "
+        "fp32 + sdpa on CPU", default="auto")
+    variant: str = _help("a free-form label (the ablation's name); recorded, never changes "
+                         "behaviour", default="baseline")
+    preset: str = _help("the preset this config started from (recorded for reports)",
+                        default="custom")
 
     def __post_init__(self) -> None:
         _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -320,7 +356,7 @@ def check_encoder_shape(config: "Config", *, vision_depth: int, text_depth: int,
                         image_size: int, context_length: int, embed_dim: Optional[int]) -> None:
     """The checks that need the CLIP towers' shape (layer choices within their depths, image
     size, text context, VL width). build_model passes a built model's shape; study files pass
-    the open_clip JSON config's, so a YAML file is validated without building any model."""
+    the open_clip config's, so a YAML file is validated without building any model."""
     m = config.model
     _require(m.image_size == image_size, "model.image_size",
              f"{image_size} (the image size of {m.clip})", m.image_size)
@@ -341,7 +377,7 @@ def check_encoder_shape(config: "Config", *, vision_depth: int, text_depth: int,
         _require(vl_dim % m.vl_encoder.heads == 0, "model.vl_encoder.heads",
                  f"a divisor of the VL width {vl_dim}", m.vl_encoder.heads)
     for s in config.hilora.stages:
-        key = f"hilora.stages[{s.name}]"
+        key = f"hilora.stages.{s.name}"
         if s.vision_layers is not None:
             _require(s.vision_layers[1] < vision_depth, f"{key}.vision_layers",
                      f"layers < {vision_depth} (the vision encoder's depth)", s.vision_layers)
@@ -394,7 +430,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             value = list(value)
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        return [_convert(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_convert(inner, v, f"{key}.{_item_label(v, i)}") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -429,17 +465,31 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {tp!r}")
 
 
+def _item_label(item: Any, index: int) -> str:
+    """How a key names a list item: by its name when it has one (a stage), else its index."""
+    name = item.get("name") if isinstance(item, dict) else None
+    return name if isinstance(name, str) and name else str(index)
+
+
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key (expected one of "
-                          f"{', '.join(sorted(names))})")
+                          f"{', '.join(sorted(fields))})")
+    for name, f in fields.items():
+        if name not in data and f.default is dataclasses.MISSING and \
+                f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: missing (expected {_type_name(hints[name])}; "
+                              "a config file starts from a preset with `preset: NAME`)")
     kwargs = {k: _convert(hints[k], v, prefix + k) for k, v in data.items()}
     return cls(**kwargs)  # __post_init__ raises ConfigError with the full dotted key
+
+
+# ----------------------------------------------------------------------------- dotted keys
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -457,46 +507,102 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+def _locate(tree: Any, key: str) -> tuple[Any, Any]:
+    """(container, name or index) that the dotted `key` addresses in a config tree (a
+    to_dict() or a config.yaml as read); UnknownKeyError naming where the walk failed."""
+    if not key:
+        raise ConfigError("expected a dotted config key, got ''")
     parts = key.split(".")
     node: Any = tree
-    walked = []
-    for part in parts[:-1]:
-        walked.append(part)
+    for i, part in enumerate(parts):
+        walked = ".".join(parts[:i + 1])
         if isinstance(node, list):
-            node = node[_list_index(node, part, ".".join(walked))]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
+            slot = _list_index(node, part, walked)
+        elif isinstance(node, dict):
+            if part not in node:
+                raise UnknownKeyError(walked, sorted(node))
+            slot = part
         else:
-            raise ConfigError(f"{'.'.join(walked)}: unknown key")
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_list_index(node, last, key)] = value
-    elif isinstance(node, dict):
-        if last not in node:
-            raise ConfigError(f"{key}: unknown key (expected one of {', '.join(sorted(node))})")
-        node[last] = value
-    else:
-        raise ConfigError(f"{key}: unknown key")
+            raise UnknownKeyError(walked, [], reason=f"{'.'.join(parts[:i])} is a value, not a "
+                                                     "mapping")
+        if i == len(parts) - 1:
+            return node, slot
+        node = node[slot]
+    raise AssertionError("unreachable")
 
 
-def _list_index(node: list, part: str, key: str) -> int:
+def _list_index(node: list, part: str, walked: str) -> int:
     """Lists are addressed by position (hilora.stages.1.rank) or by item name (...stage1.rank)."""
     if part.isdigit() and int(part) < len(node):
         return int(part)
-    for i, item in enumerate(node):
-        if isinstance(item, dict) and item.get("name") == part:
-            return i
-    raise ConfigError(f"{key}: no list item {part!r} (expected an index < {len(node)} or a name)")
+    names = [item.get("name") for item in node if isinstance(item, dict)]
+    if part in names:
+        return names.index(part)
+    list_name = walked.split(".")[-2]
+    if names and None not in names:
+        raise UnknownKeyError(walked, [str(n) for n in names], list_name=list_name)
+    raise UnknownKeyError(walked, [], list_name=list_name,
+                          reason=f"expected an index < {len(node)}")
+
+
+def check_key(config: Config, key: str) -> None:
+    """UnknownKeyError unless `key` addresses a field of `config` (or is hilora.num_stages)."""
+    if key != NUM_STAGES:
+        _locate(config.to_dict(), key)
+
+
+def get_value(tree: dict[str, Any], key: str) -> Any:
+    """The value of a dotted key in a config tree (hilora.num_stages: the number of stages);
+    UnknownKeyError when it addresses nothing."""
+    if key == NUM_STAGES:
+        return len(tree["hilora"]["stages"])
+    container, slot = _locate(tree, key)
+    return container[slot]
+
+
+def stage_position(config: Config, key: str) -> Optional[int]:
+    """The position in hilora.stages that a `hilora.stages.<name or index>...` key addresses;
+    None for any other key."""
+    parts = key.split(".")
+    if parts[:2] != ["hilora", "stages"] or len(parts) < 3:
+        return None
+    return _locate(config.to_dict(), ".".join(parts[:3]))[1]
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any] | list[str]) -> Config:
+    """A new Config: `hilora.num_stages` first (keep the first N stages), then every other
+    dotted key. Nothing is shared with `config`."""
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
+    overrides = dict(overrides)
     tree = config.to_dict()
+    if NUM_STAGES in overrides:
+        n, stages = overrides.pop(NUM_STAGES), tree["hilora"]["stages"]
+        _require(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= len(stages),
+                 NUM_STAGES, f"an integer in 1..{len(stages)} (the config has {len(stages)} "
+                 "stages)", n)
+        tree["hilora"]["stages"] = stages[:n]
     for key, value in overrides.items():
-        _set_dotted(tree, key, value)
+        container, slot = _locate(tree, key)
+        container[slot] = value
     return Config.from_dict(tree)
+
+
+def field_help(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """Every leaf key of the schema and its help text (a stage's fields as
+    hilora.stages.NAME.field)."""
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        inner = (typing.get_args(tp) or (None,))[0] if typing.get_origin(tp) is list else None
+        if dataclasses.is_dataclass(tp):
+            out.update(field_help(tp, key + "."))
+        elif dataclasses.is_dataclass(inner):
+            out.update(field_help(inner, key + ".NAME."))
+        else:
+            out[key] = f.metadata.get("help", "")
+    return out
 
 
 # ----------------------------------------------------------------------------- presets & files
@@ -543,7 +649,3 @@ def _deep_merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(config.to_yaml())

@@ -35,10 +35,13 @@ def bad_weights(tmp_path: Path) -> str:
     ("optim.nope=1", "optim.nope: unknown key"),
     ("seed=abc", "seed: expected an integer"),
     ("model.bridge.vision_layers=[0,7]", "model.bridge.vision_layers: expected layers < 4"),
-    ("hilora.stages.stage1.rank=0", "hilora.stages[stage1].rank: expected a LoRA rank >= 1"),
+    ("hilora.stages.stage1.rank=0", "hilora.stages.stage1.rank: expected a LoRA rank >= 1"),
     ("hilora.stages.stage2.vision_layers=[3,1]", "vision_layers: expected a non-empty range"),
     ("data.dataset=refcoco", "no prepared dataset 'refcoco'"),
     ("model.weights=BAD", "visual.conv1.weight"),
+    # hilora.num_stages is a key like any other: applied first, so FAST's stage2 key is gone
+    ("hilora.num_stages=2", "hilora.stages.stage2: no list item 'stage2'"),
+    ("hilora.num_stages=9", "hilora.num_stages: expected an integer in 1..3"),
 ])
 def test_bad_configuration_fails_before_training_with_one_line(synthetic_storage, tmp_path,
                                                                 override, message):

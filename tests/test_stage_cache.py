@@ -16,8 +16,7 @@ from hivg.config import load_preset
 from hivg.errors import UserError
 from hivg.train import stage_cache as sc
 from hivg.train.checkpoint import save_checkpoint
-from hivg.train.stage_cache import (StageCache, code_fingerprint, data_fingerprint,
-                                    effective_precision, stage_key)
+from hivg.train.stage_cache import StageCache, code_fingerprint, data_fingerprint, stage_key
 
 TINY = load_preset("tiny")
 N_STAGES = len(TINY.hilora.stages)
@@ -89,7 +88,9 @@ def test_stage_keys_are_distinct_hex_and_stable():
     ("auto", "cpu", "fp32"), ("auto", "cuda", "bf16"), ("fp32", "cuda", "fp32"),
     ("fp32", "cpu", "fp32"), ("bf16", "cpu", "bf16"), ("bf16", "cuda", "bf16")])
 def test_effective_precision_mirrors_the_trainer(precision, device, expected):
-    assert effective_precision(precision, device) == expected
+    payload = sc.stage_key_payload(TINY.replace({"precision": precision}), 0, "d0", "c0",
+                                   device, 1, weights_hash="w")
+    assert payload["precision"] == expected
 
 
 def test_weights_file_enters_the_key_by_content(tmp_path):

@@ -16,9 +16,7 @@ def build_model(config: Config) -> HiVG:
     hivg.model.lora.apply_stage prepares later stages). Layer choices in config.model and
     config.hilora are checked against the encoder depths (ConfigError naming the key)."""
     m, loss = config.model, config.loss
-    if m.clip not in open_clip.list_models():
-        raise ConfigError(f"model.clip: expected an open_clip model name (e.g. ViT-B-16-quickgelu, "
-                          f"ViT-L-14-quickgelu, hivg-tiny), got {m.clip!r}")
+    _clip_spec(m.clip)  # a known open_clip name, or one line naming model.clip
     clip = bb.create_clip(m.clip, attention=m.attention)
     validate(config, clip)
     if m.weights:
@@ -49,6 +47,29 @@ def build_model(config: Config) -> HiVG:
     )
     model.clip.requires_grad_(False)
     return model
+
+
+def _clip_spec(name: str) -> dict:
+    """open_clip's config of model `name` (ours are registered by hivg.model.backbone)."""
+    spec = open_clip.get_model_config(name)
+    if spec is None:
+        raise ConfigError(f"model.clip: expected an open_clip model name (e.g. ViT-B-16-quickgelu, "
+                          f"ViT-L-14-quickgelu, hivg-tiny), got {name!r}")
+    return spec
+
+
+def check_against_clip(config: Config) -> None:
+    """validate() against open_clip's config of model.clip instead of a built model: study
+    files check every probed value this way (building ViT-L/14 takes seconds a value)."""
+    spec = _clip_spec(config.model.clip)
+    vision, text = spec.get("vision_cfg", {}), spec.get("text_cfg", {})
+    if not isinstance(vision.get("layers"), int):  # a ResNet tower: build_model decides
+        return
+    size = vision.get("image_size", 224)
+    check_encoder_shape(config, vision_depth=vision["layers"], text_depth=text.get("layers", 12),
+                        image_size=size if isinstance(size, int) else size[0],
+                        context_length=text.get("context_length", 77),
+                        embed_dim=spec.get("embed_dim"))
 
 
 def validate(config: Config, clip) -> None:

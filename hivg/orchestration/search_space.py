@@ -40,7 +40,7 @@ The format::
       optim.weight_decay: {loguniform: [1.0e-5, 1.0e-2]}      # 0 < low < high
       hilora.stages.stage0.lr: {uniform: [1.0e-4, 5.0e-4]}    # low < high
       hilora.stages.stage0.epochs: {int: [20, 60]}            # inclusive integer bounds
-      hilora.num_stages: {choice: [2, 3, 4]}                  # pseudo-key, see below
+      hilora.num_stages: {choice: [2, 3, 4]}                  # see below
     variants:                     # ... or variants: (the first one is the baseline)
       baseline: {}
       no-bridge: {model.bridge.enabled: false}
@@ -50,10 +50,11 @@ Domains: `choice` (sampled), `grid` (an axis meant to be enumerated; Optuna samp
 `uniform` / `loguniform` (floats), `int` (integers, bounds inclusive). Write floats with a dot
 (`1.0e-5`): YAML reads `1e-5` as a string (accepted for bounds, but not for choices).
 
-`hilora.num_stages` (in a space, in `overrides:` or in a variant) keeps the first N stages of
-the base's `hilora.stages` (1 <= N <= their number). In a space it is sampled first, and a
-`hilora.stages.<stage>.*` key of a stage it drops is not sampled at all (Optuna's
-define-by-run: conditional parameters). `apply_trial` is the one place it is applied.
+Keys follow hivg.config's one grammar (`hivg.config.apply_overrides`), the command line's:
+`hilora.num_stages` keeps the first N stages of the base's `hilora.stages` (1 <= N <= their
+number), in a space, in `overrides:` or in a variant as on `train.py`. In a space it is
+sampled first, and a `hilora.stages.<stage>.*` key of a stage it drops is not sampled at all
+(Optuna's define-by-run: conditional parameters).
 
 Keys set by the study itself (`data.dataset`: use `datasets:`, `seed`: use `seeds:`,
 `variant`: the variant's name) are refused in `overrides:`, `space:` and `variants:`.
@@ -64,14 +65,11 @@ config; every value of a choice/grid domain and both bounds (plus one non-intege
 numeric domain, applied alone to the base, give a valid Config; every variant (base + its
 delta) is a valid Config; an all-discrete space of at most 1000 points is also checked point
 by point; layer indices, image size and context length are checked against the open_clip
-model's depths (read from its JSON config, no model is built), as `build_model` does.
+model's depths (open_clip's config of the model, none is built), as `build_model` does.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
-import importlib.util
 import itertools
 import json
 import math
@@ -82,12 +80,12 @@ from typing import Any, NoReturn, Optional, Union
 
 import yaml
 
-from hivg.config import (Config, ConfigError, apply_overrides, check_encoder_shape,
-                         load_config, load_preset, preset_names)
+from hivg.config import (NUM_STAGES, Config, ConfigError, UnknownKeyError, apply_overrides,
+                         check_key, load_config, load_preset, preset_names, stage_position)
 from hivg.data.splits import DATASETS, FIVE_DATASETS
 from hivg.errors import UserError
+from hivg.orchestration.resources import Resources
 
-NUM_STAGES = "hilora.num_stages"
 KINDS = ("choice", "grid", "uniform", "loguniform", "int")
 DISCRETE_KINDS = ("choice", "grid", "int")
 TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "datasets", "metric", "mode",
@@ -153,16 +151,6 @@ class Domain:
 
 
 @dataclass
-class TrialResources:
-    """What one trial asks Ray for: `workers` Ray Train workers of this size each (0: the
-    trial trains in its own process, which saves a worker group's start-up per trial)."""
-
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-
-
-@dataclass
 class Study:
     """A validated study file. `base` already includes the file's `overrides:`."""
 
@@ -175,7 +163,7 @@ class Study:
     mode: str
     seeds: list[int]
     num_samples: Optional[int]     # spaces only
-    resources: TrialResources
+    resources: Resources           # per trial
     scheduler: Optional[dict[str, Any]]   # None: no early stopping (always for variants)
     space: Optional[dict[str, Domain]] = None
     variants: Optional[dict[str, dict[str, Any]]] = None
@@ -191,11 +179,6 @@ class Study:
     def baseline(self) -> Optional[str]:
         """The reference variant (the first one declared); None for a space."""
         return next(iter(self.variants)) if self.variants else None
-
-    @property
-    def is_grid(self) -> bool:
-        """A space whose every domain is `grid`: meant to be enumerated with grid_points."""
-        return self.space is not None and all(d.kind == "grid" for d in self.space.values())
 
 
 @dataclass
@@ -254,7 +237,7 @@ def load_study(path: str | Path) -> Study:
     for key in overrides:
         _check_key(where, "overrides", base, key)
     try:
-        base = _valid(apply_study_overrides(base, overrides))
+        base = _valid(apply_overrides(base, overrides))
     except ConfigError as e:
         _fail(where, f"overrides: the base with these overrides is not a valid config ({e})")
 
@@ -333,7 +316,7 @@ def grid_points(study: Study) -> list[dict[str, Any]]:
 
 def apply_trial(study: Study, overrides: dict[str, Any]) -> Config:
     """The study's base with a point's (or a variant's) dotted overrides applied."""
-    return apply_study_overrides(study.base, overrides)
+    return apply_overrides(study.base, overrides)
 
 
 def variant_trials(study: Study) -> list[TrialSpec]:
@@ -357,36 +340,8 @@ def config_for(study: Study, overrides: dict[str, Any], dataset: str, seed: int,
 # ----------------------------------------------------------------------------- applying
 
 
-def apply_study_overrides(config: Config, overrides: dict[str, Any]) -> Config:
-    """The one place `hilora.num_stages` is handled: keep the first N stages, then apply the
-    other dotted overrides (so keys of dropped stages are unknown keys). Always a fresh
-    Config (nothing shared with `config`)."""
-    overrides = dict(overrides)
-    if NUM_STAGES in overrides:
-        n = overrides.pop(NUM_STAGES)
-        stages = config.hilora.stages
-        if not _is_int(n) or not 1 <= n <= len(stages):
-            raise ConfigError(f"{NUM_STAGES}: expected an integer in 1..{len(stages)} (the base "
-                              f"has {len(stages)} stages), got {n!r}")
-        config = dataclasses.replace(
-            config, hilora=dataclasses.replace(config.hilora, stages=stages[:n]))
-    return apply_overrides(config, overrides)
-
-
-def _stage_position(config: Config, key: str) -> Optional[int]:
-    """The position in config.hilora.stages a `hilora.stages.<name or index>...` key
-    addresses; None for any other key."""
-    parts = key.split(".")
-    if parts[:2] != ["hilora", "stages"] or len(parts) < 3:
-        return None
-    names = [s.name for s in config.hilora.stages]
-    if parts[2] in names:
-        return names.index(parts[2])
-    return int(parts[2]) if parts[2].isdigit() else None
-
-
 def _applies(base: Config, key: str, num_stages: Optional[int]) -> bool:
-    pos = _stage_position(base, key)
+    pos = stage_position(base, key)
     return num_stages is None or pos is None or pos < num_stages
 
 
@@ -471,41 +426,19 @@ def _load_base(where: str, path: Path, ref: Any) -> Config:
         _fail(where, f"base: {e}")
 
 
-def _key_problem(config: Config, key: str, listing: str = "the base has") -> Optional[str]:
-    """None when the dotted `key` addresses a field of `config`; else what is wrong."""
-    if not key:
-        return "expected a dotted config key"
-    if key in RESERVED_KEYS:
-        return f"set per trial by the study ({RESERVED_KEYS[key]})"
-    if key == NUM_STAGES:
-        return None
-    node: Any = config.to_dict()
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if isinstance(node, dict):
-            if part not in node:
-                return f"unknown key (expected one of {', '.join(node)})"
-            node = node[part]
-        elif isinstance(node, list):
-            names = [item.get("name") for item in node if isinstance(item, dict)]
-            if part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            elif part in names:
-                node = node[names.index(part)]
-            elif names:
-                return f"unknown key ({listing} {parts[i - 1]} {', '.join(names)})"
-            else:
-                return f"unknown key (expected an index < {len(node)})"
-        else:
-            return f"unknown key ({'.'.join(parts[:i])} is a value, not a mapping)"
-    return None
-
-
 def _check_key(where: str, section: str, config: Config, key: str,
                listing: str = "the base has") -> None:
-    problem = _key_problem(config, key, listing)
-    if problem:
-        _fail(where, f"{section}.{key}: {problem}")
+    """The key exists in `config` (hivg.config's grammar) and is not set by the study."""
+    if key in RESERVED_KEYS:
+        _fail(where, f"{section}.{key}: set per trial by the study ({RESERVED_KEYS[key]})")
+    try:
+        check_key(config, key)
+    except UnknownKeyError as e:
+        reason = f"{listing} {e.list_name} {', '.join(e.choices)}" if e.list_name and \
+            e.choices else e.reason
+        _fail(where, f"{section}.{key}: unknown key ({reason})")
+    except ConfigError as e:
+        _fail(where, f"{section}.{key}: {e}")
 
 
 def _datasets(where: str, value: Any) -> list[str]:
@@ -534,30 +467,24 @@ def _seeds(where: str, value: Any) -> list[int]:
     return list(value)
 
 
-def _resources(where: str, value: Any) -> TrialResources:
-    names = [f.name for f in dataclasses.fields(TrialResources)]
+def _resources(where: str, value: Any) -> Resources:
+    names = list(Resources.__dataclass_fields__)
     if not isinstance(value, dict):
         _fail(where, f"resources: expected a mapping with {', '.join(names)}, got {value!r}")
     for k in value:
         if k not in names:
             _fail(where, f"resources.{k}: unknown key (expected one of {', '.join(names)})")
-    r = TrialResources()
-    if "workers" in value:
-        # 0 = train inside the trial's own process (no Ray Train worker group to start).
-        if not _is_int(value["workers"]) or value["workers"] < 0:
-            _fail(where, f"resources.workers: expected an integer >= 0, got {value['workers']!r}")
-        r.workers = value["workers"]
-    if "cpus_per_worker" in value:
-        v = value["cpus_per_worker"]
-        if not _is_number(v) or v <= 0:
-            _fail(where, f"resources.cpus_per_worker: expected a number > 0, got {v!r}")
-        r.cpus_per_worker = float(v)
-    if "gpus_per_worker" in value:
-        v = value["gpus_per_worker"]
-        if not _is_number(v) or v < 0:
-            _fail(where, f"resources.gpus_per_worker: expected a number >= 0, got {v!r}")
-        r.gpus_per_worker = float(v)
-    return r
+    # workers 0 = train inside the trial's own process (no Ray Train worker group to start).
+    workers = value.get("workers", Resources.workers)
+    if not _is_int(workers) or workers < 0:
+        _fail(where, f"resources.workers: expected an integer >= 0, got {workers!r}")
+    cpus = value.get("cpus_per_worker", Resources.cpus_per_worker)
+    if not _is_number(cpus) or cpus <= 0:
+        _fail(where, f"resources.cpus_per_worker: expected a number > 0, got {cpus!r}")
+    gpus = value.get("gpus_per_worker", Resources.gpus_per_worker)
+    if not _is_number(gpus) or gpus < 0:
+        _fail(where, f"resources.gpus_per_worker: expected a number >= 0, got {gpus!r}")
+    return Resources(workers, float(cpus), float(gpus))
 
 
 def _scheduler(where: str, value: Any) -> Optional[dict[str, Any]]:
@@ -645,13 +572,13 @@ def _space(where: str, base: Config, raw: Any) -> dict[str, Domain]:
     for key, domain in space.items():
         if key == NUM_STAGES:
             continue
-        pos = _stage_position(base, key)
+        pos = stage_position(base, key)
         if pos is not None and pos >= max_kept:
             _fail(where, f"space.{key}: never applies ({NUM_STAGES} keeps at most {max_kept} "
                          f"stages: {', '.join(s.name for s in base.hilora.stages[:max_kept])})")
         for label, value in _probe_values(domain):
             try:
-                _valid(apply_study_overrides(base, {key: value}))
+                _valid(apply_overrides(base, {key: value}))
             except ConfigError as e:
                 hint = ""
                 if domain.kind in ("uniform", "loguniform") and "expected an integer" in str(e):
@@ -683,7 +610,7 @@ def _check_points_jointly(where: str, base: Config, space: dict[str, Domain]) ->
         return
     for point in _enumerate(base, space):
         try:
-            _valid(apply_study_overrides(base, point))
+            _valid(apply_overrides(base, point))
         except ConfigError as e:
             _fail(where, f"space: the point {_encode(point)} is not a valid config ({e})")
 
@@ -701,14 +628,14 @@ def _variants(where: str, base: Config, raw: Any) -> dict[str, dict[str, Any]]:
         target, listing = base, "the base has"
         if NUM_STAGES in delta:
             try:
-                target = apply_study_overrides(base, {NUM_STAGES: delta[NUM_STAGES]})
+                target = apply_overrides(base, {NUM_STAGES: delta[NUM_STAGES]})
             except ConfigError as e:
                 _fail(where, f"{at}.{e}")
             listing = f"{NUM_STAGES}={delta[NUM_STAGES]} keeps"
         for key in delta:
             _check_key(where, at, target, key, listing)
         try:
-            _valid(apply_study_overrides(base, delta))
+            _valid(apply_overrides(base, delta))
         except ConfigError as e:
             _fail(where, f"{at}: the base with this delta is not a valid config ({e})")
         variants[name] = delta
@@ -716,42 +643,12 @@ def _variants(where: str, base: Config, raw: Any) -> dict[str, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- backbone shape
-# hivg.config.check_encoder_shape against the open_clip model's JSON config instead of a
-# built model (building ViT-L/14 to validate a YAML file would take seconds per value).
 
 
 def _valid(config: Config) -> Config:
-    _check_backbone(config)
+    """Layer indices, image size and context length against the open_clip model's config (no
+    model is built; imported here so that reading a study's results needs no torch)."""
+    from hivg.model.build import check_against_clip
+
+    check_against_clip(config)
     return config
-
-
-@functools.lru_cache(maxsize=None)
-def _clip_shape(name: str) -> Optional[dict[str, int]]:
-    dirs = [Path(__file__).resolve().parents[1] / "model" / "configs"]
-    spec = importlib.util.find_spec("open_clip")
-    if spec is not None and spec.submodule_search_locations:
-        dirs += [Path(p) / "model_configs" for p in spec.submodule_search_locations]
-    for d in dirs:
-        f = d / f"{name}.json"
-        if f.is_file():
-            cfg = json.loads(f.read_text())
-            vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-            size = vision.get("image_size", 224)
-            return {"vision_layers": vision.get("layers"), "text_layers": text.get("layers", 12),
-                    "image_size": size if isinstance(size, int) else size[0],
-                    "context_length": text.get("context_length", 77),
-                    "embed_dim": cfg.get("embed_dim")}
-    return None
-
-
-def _check_backbone(config: Config) -> None:
-    m = config.model
-    shape = _clip_shape(m.clip)
-    if shape is None:
-        raise ConfigError(f"model.clip: expected an open_clip model name (e.g. "
-                          f"ViT-B-16-quickgelu, ViT-L-14-quickgelu, hivg-tiny), got {m.clip!r}")
-    if not isinstance(shape["vision_layers"], int):  # a ResNet tower: build_model decides
-        return
-    check_encoder_shape(config, vision_depth=shape["vision_layers"],
-                        text_depth=shape["text_layers"], image_size=shape["image_size"],
-                        context_length=shape["context_length"], embed_dim=shape["embed_dim"])

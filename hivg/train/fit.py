@@ -41,7 +41,7 @@ from hivg.train.hooks import NullTracker, Tracker, TrainHooks
 from hivg.train.loop import EvalResult, NonFiniteLossError, evaluate, train_one_epoch
 from hivg.train.metrics import MetricsLog, accuracy_by_type, write_predictions
 from hivg.train.optim import build_optimizer, cosine_with_warmup, scaled_lr
-from hivg.train.profile import ResolvedProfile, apply_profile, resolve_profile
+from hivg.train.profile import ResolvedProfile, apply_profile, autocast_dtype, resolve_profile
 
 METRIC = "val/acc50"
 
@@ -56,8 +56,8 @@ def seed_everything(seed: int) -> None:
 def amp_dtype_for(precision: str, device: torch.device,
                   profile: str = "auto") -> torch.dtype | None:
     """The autocast dtype (None = fp32) for `precision` under `profile` (hivg.train.profile)."""
-    config = Config(precision=precision, profile=profile)
-    return resolve_profile(config, device.type).torch_amp_dtype
+    name = autocast_dtype(precision, profile, device.type)
+    return None if name is None else getattr(torch, name)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -48,28 +48,27 @@ def resolve_profile(config: Config, device_type: str) -> ResolvedProfile:
     """The settings for `config.profile` on a device of type `device_type` ("cpu" | "cuda")."""
     cuda = device_type == "cuda"
     profile = config.profile
+    amp = autocast_dtype(config.precision, profile, device_type)
     if profile == "auto":
-        if cuda:  # fast, but an explicitly configured model.attention is kept
-            return ResolvedProfile("fast", _amp(config.precision, "bfloat16"),
-                                   config.model.attention, fused_adamw=True, find_unused=False,
-                                   tf32=True, pin_memory=True)
-        # today's CPU behaviour: fp32, the configured attention, plain AdamW
-        return ResolvedProfile("fast", _amp(config.precision, None), config.model.attention,
-                               fused_adamw=False, find_unused=False, tf32=False,
-                               pin_memory=False)
+        # fast on a GPU, but an explicitly configured model.attention is kept; on CPU
+        # today's behaviour: fp32, the configured attention, plain AdamW
+        return ResolvedProfile("fast", amp, config.model.attention, fused_adamw=cuda,
+                               find_unused=False, tf32=cuda, pin_memory=cuda)
     if profile == "reference":
-        return ResolvedProfile("reference", _amp(config.precision, None), "eager",
-                               fused_adamw=False, find_unused=True, tf32=False, pin_memory=False)
-    return ResolvedProfile("fast", _amp(config.precision, "bfloat16"), "sdpa",
-                           fused_adamw=cuda, find_unused=False, tf32=cuda, pin_memory=cuda)
+        return ResolvedProfile("reference", amp, "eager", fused_adamw=False, find_unused=True,
+                               tf32=False, pin_memory=False)
+    return ResolvedProfile("fast", amp, "sdpa", fused_adamw=cuda, find_unused=False, tf32=cuda,
+                           pin_memory=cuda)
 
 
-def _amp(precision: str, profile_default: Optional[str]) -> Optional[str]:
+def autocast_dtype(precision: str, profile: str, device_type: str) -> Optional[str]:
+    """"bfloat16" or None (fp32): an explicit precision wins; `auto` follows the profile
+    (reference: fp32; fast: bf16; auto: bf16 on a GPU, fp32 on CPU)."""
     if precision == "bf16":
         return "bfloat16"
-    if precision == "fp32":
+    if precision == "fp32" or profile == "reference":
         return None
-    return profile_default
+    return "bfloat16" if profile == "fast" or device_type == "cuda" else None
 
 
 def apply_profile(config: Config, device_type: str) -> Config:

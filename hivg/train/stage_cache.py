@@ -175,13 +175,6 @@ def _weights_identity(weights: Optional[str]) -> Optional[str]:
 # ----------------------------------------------------------------------------- the key
 
 
-def effective_precision(precision: str, device_type: str) -> str:
-    """fp32 or bf16 as the trainer will run it (mirrors hivg.train.fit.amp_dtype_for)."""
-    if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
-        return "bf16"
-    return "fp32"
-
-
 def stage_key_payload(config: Config, stage_index: int, data_hash: str, code_hash: str,
                       device_type: str, world_size: int,
                       weights_hash: Optional[str] = None) -> dict[str, Any]:
@@ -194,7 +187,8 @@ def stage_key_payload(config: Config, stage_index: int, data_hash: str, code_has
     device_type = str(device_type).split(":")[0]
     model = dataclasses.asdict(config.model)
     # The profile (hivg.train.profile) decides the attention and autocast actually used;
-    # with profile auto both equal what config.model.attention / effective_precision say.
+    # with profile auto both equal config.model.attention and the autocast hivg.train.profile
+    # resolves on that device.
     profile = resolve_profile(config, device_type)
     model["attention"] = profile.attention
     model["weights"] = weights_hash if weights_hash is not None else \
@@ -487,5 +481,5 @@ class StageCache:
 
 
 __all__ = ["CachedStage", "StageCache", "StageCacheError", "cache_root", "code_fingerprint",
-           "data_fingerprint", "effective_precision", "file_fingerprint", "stage_key",
+           "data_fingerprint", "file_fingerprint", "stage_key",
            "stage_key_payload", "DATA_FIELDS_EXCLUDED"]
