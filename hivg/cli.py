@@ -1,15 +1,19 @@
-"""What every pipeline shares: exit codes, storage and run names, override parsing."""
+"""What the pipelines share: exit codes, config and storage resolution, run names, the study
+flags of ablate.py and sweep.py, and printing results."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import hashlib
 import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from hivg.config import Config, ConfigError, load_config, load_preset
 from hivg.errors import UserError
+from hivg.run_folder import SELECTION_METRIC
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
@@ -52,3 +56,153 @@ def default_run_name(config: Config) -> str:
     tree["data"].pop("data_dir")  # where the data lives does not change the run
     digest = hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:6]
     return f"{config.preset}-{config.data.dataset}-{config.variant}-seed{config.seed}-{digest}"
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """pipelines/train.py: resolve the config in its storage (a folder, or the S3 mirror),
+    make the synthetic data and the tiny CLIP's weights when needed, check everything that
+    needs no training, train (here or on Ray Train workers) and print the summary."""
+    from hivg.data.manifest import list_splits
+    from hivg.data.prepare import ensure_synthetic
+    from hivg.orchestration.remote_stage_cache import stage_cache_for
+    from hivg.orchestration.remote_storage import open_storage
+    from hivg.orchestration.resources import LOCAL, Resources
+    from hivg.orchestration.run import TrackingOptions, run_training
+    from hivg.train.fit import preflight
+    from hivg.train.pretrain import resolve_weights
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
+    remote = open_storage(args.storage)
+    if remote:
+        remote.check()  # before any data, weights or training
+    # Data, weights and run folders are local files: the folder itself, or the S3 mirror.
+    storage = remote.mirror if remote else Path(args.storage)
+    config = with_storage_defaults(resolve_config(args.config, args.preset, args.overrides),
+                                   storage)
+    if config.data.dataset == "synthetic" and not list_splits(config.data.data_dir, "synthetic"):
+        ensure_synthetic(storage, seed=0, log=print)
+    preflight(config)  # a bad config fails here, before data or weights are made
+    config = resolve_weights(config, storage, log=print)
+    name = args.name or default_run_name(config)
+    run_dir = storage / name
+    where = remote.url(name) if remote else run_dir
+    print(f"run: {where}" + (f" (local mirror {run_dir})" if remote else ""))
+    storage_arg = remote.uri if remote else storage  # what the driver and the cache are given
+    resources = LOCAL if args.workers is None else \
+        Resources(args.workers, args.cpus_per_worker, args.gpus_per_worker)
+    summary = run_training(
+        config, storage_arg, run_dir, resume=args.resume, show_progress=not args.quiet,
+        tracking=TrackingOptions(enabled=not args.no_mlflow, uri=args.mlflow_uri,
+                                 experiment=args.experiment, log_model=args.log_model),
+        resources=resources, address=args.address, max_failures=args.max_failures,
+        stage_cache=None if args.no_stage_cache else stage_cache_for(storage_arg, log=print))
+    print_run_summary(summary, Path(config.data.data_dir) / config.data.dataset)
+    print(f"results: {where}")
+    if summary.get("mlflow_ui"):
+        print(f"compare runs: {summary['mlflow_ui']}")
+    return 0
+
+
+def print_run_summary(summary: dict[str, Any], dataset_dir: Path) -> None:
+    """acc50 per split (and per expression type) beside the dataset's trivial baselines."""
+    baselines_file = dataset_dir / "baselines.json"
+    baselines = json.loads(baselines_file.read_text()) if baselines_file.is_file() else {}
+    names = sorted(baselines)
+    print(f"{'split':<10} {'acc50':>7}" + "".join(f" {n:>12}" for n in names))
+    for split, result in summary["splits"].items():
+        line = f"{split:<10} {result['acc50']:7.4f}"
+        for n in names:
+            v = baselines[n].get(split) if isinstance(baselines[n], dict) else None
+            line += f" {v:12.4f}" if isinstance(v, (int, float)) else f" {'-':>12}"
+        print(line)
+        for t, acc in result["by_type"].items():
+            print(f"  {t:<14} {acc:.4f}")
+    best = summary["best"]
+    print(f"selected: {best.get('stage')} epoch {best.get('epoch')} "
+          f"({SELECTION_METRIC} {best.get(SELECTION_METRIC, float('nan')):.4f}); "
+          f"wall time {summary['wall_time_s']:.0f}s")
+
+
+# ----------------------------------------------------------------------------- studies
+def add_study_flags(p: argparse.ArgumentParser) -> None:
+    """The flags ablate.py and sweep.py share."""
+    p.add_argument("--storage", default="runs",
+                   help="folder for studies, runs, data, caches, or s3://BUCKET/PREFIX "
+                        "(credentials from the environment; resumable from any machine)")
+    p.add_argument("--name", help="study name (default: the file's `name:` or its stem)")
+    p.add_argument("--num-samples", type=int, help="trials per dataset (search spaces)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
+    p.add_argument("--workers-per-trial", type=int,
+                   help="Ray Train workers per trial; 0 = train in the trial's own process")
+    p.add_argument("--gpus-per-worker", type=float)
+    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--mlflow-uri", help="tracking URI (default: sqlite:///{storage}/mlflow.db)")
+    p.add_argument("--no-mlflow", action="store_true")
+    p.add_argument("--address", help="auto or HOST:PORT of a Ray cluster (default: local)")
+    p.add_argument("--resume", action="store_true", help="continue the study's Tune state")
+
+
+def run_study_command(path: str, kind: str, args: argparse.Namespace, **options: Any) -> int:
+    """ablate.py (kind variants) and sweep.py (kind space): load and check the study file,
+    make data and weights once, run every trial, print the table and write the report."""
+    from hivg.orchestration.search_space import load_study
+    from hivg.orchestration.tune import run_study, study_storage
+
+    study = load_study(Path(path))
+    if study.kind != kind:
+        raise UserError(f"{path}: a search space; run it with pipelines/sweep.py"
+                        if kind == "variants" else
+                        f"{path}: an ablation study (variants); run it with pipelines/ablate.py")
+    storage, remote = study_storage(args.storage)
+    study = prepare_study(study, storage)
+    results = run_study(study, args.storage, study_options(args, **options))
+    print_study_results(results, storage, remote)
+    return 0
+
+
+def prepare_study(study, storage: Path, log: Callable[[str], None] = print):
+    """Synthetic data and the tiny CLIP's weights made once, before any trial starts."""
+    from hivg.data.manifest import list_splits
+    from hivg.data.prepare import ensure_synthetic
+    from hivg.train.fit import preflight
+    from hivg.train.pretrain import resolve_weights
+
+    base = with_storage_defaults(study.base, storage)
+    if "synthetic" in study.datasets and not list_splits(base.data.data_dir, "synthetic"):
+        ensure_synthetic(storage, seed=0, log=log)
+    for dataset in study.datasets:
+        preflight(base.replace({"data.dataset": dataset}))
+    return dataclasses.replace(study, base=resolve_weights(base, storage, log=log))
+
+
+def study_options(args: argparse.Namespace, **extra: Any):
+    from hivg.orchestration.tune import StudyOptions
+
+    return StudyOptions(name=args.name, num_samples=getattr(args, "num_samples", None),
+                        max_concurrent=args.max_concurrent,
+                        workers_per_trial=args.workers_per_trial,
+                        gpus_per_worker=args.gpus_per_worker,
+                        cpus_per_worker=args.cpus_per_worker, mlflow_uri=args.mlflow_uri,
+                        mlflow=not args.no_mlflow, address=args.address, resume=args.resume,
+                        **extra)
+
+
+def print_study_results(results: dict[str, Any], storage: Path, remote=None) -> None:
+    """The study's table, where it lies, the MLflow command; then its report (a failure
+    there only warns: the results are safe)."""
+    from hivg.orchestration.study_report import report_after_study
+    from hivg.orchestration.tune import push_study_files
+
+    name = results["study"]
+    print()
+    print((storage / name / "table.md").read_text())
+    where = remote.url(name) if remote else storage / name
+    print(f"study: {where}  ({len(results['trials'])} finished trials, "
+          f"{results['wall_time_s']:.0f}s)")
+    if results.get("mlflow_ui"):
+        print(f"compare runs: {results['mlflow_ui']}")
+    report_after_study(results, storage)
+    if remote:
+        push_study_files(remote, storage, name, report_only=True)
+        print(f"pushed to {where} (local mirror {storage / name})")

@@ -24,11 +24,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    from hivg.run_folder import RunFolder
     from hivg.train.inference import evaluate_checkpoint
 
     checkpoint = Path(args.checkpoint)
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    out = Path(args.out) if args.out else run_dir / "eval" / args.dataset
+    out = Path(args.out) if args.out else \
+        RunFolder.of_checkpoint(checkpoint).path / "eval" / args.dataset
     results = evaluate_checkpoint(checkpoint, args.dataset, Path(args.storage) / "data",
                                   args.split, out, args.device)
     print(f"{'split':<10} {'count':>6} {'acc50':>7}")

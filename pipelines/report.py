@@ -8,15 +8,8 @@ and plots, written to {storage}/{study}/report/ and logged to the study's MLflow
 from __future__ import annotations
 
 import argparse
-import re
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hivg.cli import run_main  # noqa: E402
-
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+from hivg.cli import run_main
 
 
 def main() -> int:
@@ -31,45 +24,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     args = p.parse_args()
+    from hivg.orchestration.study_report import report_study
 
-    from hivg.errors import UserError
-    from hivg.orchestration import report
-
-    storage = Path(args.storage)
-    if args.n_boot < 100:
-        raise UserError(f"--n-boot {args.n_boot}: expected at least 100 resamples")
-    uri = None if args.no_mlflow else _tracking_uri(args.mlflow_uri, storage)
-    name = args.study
-    if not (storage / name / "results.json").is_file() and _RUN_ID.match(name) and uri:
-        found = report.study_name_of_run(uri, name)
-        if found is None:
-            raise UserError(f"{name}: neither a study under {storage} nor a study's MLflow "
-                            f"parent run at {uri}")
-        name = found
-    out = report.write_report(storage, name, args.out, n_boot=args.n_boot, seed=args.seed,
-                              plots=not args.no_plots)
-    print((out / "table.md").read_text())
-    files = sorted(p.name for p in out.iterdir() if p.is_file())
-    print(f"report: {out / 'report.md'}")
-    print(f"files:  {', '.join(files)}")
-    if uri:
-        run_id = report.log_report_to_study_run(out, uri, name)
-        if run_id:
-            print(f"logged to MLflow run {run_id} (artifacts: report/) at {uri}")
-        else:
-            print(f"no MLflow parent run for study {name} at {uri}; not logged")
+    report_study(args.study, args.storage, args.out, mlflow_uri=args.mlflow_uri,
+                 mlflow=not args.no_mlflow, n_boot=args.n_boot, seed=args.seed,
+                 plots=not args.no_plots)
     return 0
-
-
-def _tracking_uri(cli_uri: str | None, storage: Path) -> str | None:
-    """An explicit URI or $MLFLOW_TRACKING_URI; else the storage's SQLite store, only when it
-    exists (a report never creates an empty tracking store)."""
-    import os
-
-    if cli_uri or os.environ.get("MLFLOW_TRACKING_URI"):
-        return cli_uri or os.environ["MLFLOW_TRACKING_URI"]
-    db = storage / "mlflow.db"
-    return f"sqlite:///{db.resolve()}" if db.is_file() else None
 
 
 if __name__ == "__main__":

@@ -7,14 +7,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _study_cli import add_study_flags, options_from, prepare, print_results  # noqa: E402
-
-from hivg.cli import run_main  # noqa: E402
+from hivg.cli import add_study_flags, run_main, run_study_command
 
 
 def main() -> int:
@@ -25,21 +19,9 @@ def main() -> int:
     p.add_argument("--no-asha", action="store_true", help="no early stopping")
     p.add_argument("--search-seed", type=int, default=0, help="seed of the TPE sampler")
     args = p.parse_args()
-    from hivg.errors import UserError
-    from hivg.orchestration.search_space import load_study
-    from hivg.orchestration.tune import run_study, study_storage
-
-    study = load_study(Path(args.space))
-    if study.kind != "space":
-        raise UserError(f"{args.space}: an ablation study (variants); run it with "
-                        "pipelines/ablate.py")
-    storage, remote = study_storage(args.storage)
-    study = prepare(study, storage)
-    table = run_study(study, args.storage, options_from(
-        args, grid=args.grid, scheduler=False if args.no_asha else None,
-        search_seed=args.search_seed))
-    print_results(table, storage, remote)
-    return 0
+    return run_study_command(args.space, "space", args, grid=args.grid,
+                             scheduler=False if args.no_asha else None,
+                             search_seed=args.search_seed)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from hivg.cli import default_run_name, resolve_config, run_main, with_storage_defaults
+from hivg.cli import run_main, train_command
 from hivg.config import preset_names
-from hivg.errors import UserError
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,70 +46,5 @@ def parse_args() -> argparse.Namespace:
     return p.parse_intermixed_args()  # key=value overrides may sit between the flags
 
 
-def main() -> int:
-    args = parse_args()
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
-    from hivg.orchestration.remote_storage import open_storage
-
-    remote = open_storage(args.storage)
-    if remote:
-        remote.check()  # before any data, weights or training
-    # Data, weights and run folders are local files: the folder itself, or the S3 mirror.
-    storage = remote.mirror if remote else Path(args.storage)
-    config = with_storage_defaults(resolve_config(args.config, args.preset, args.overrides), storage)
-
-    from hivg.data.manifest import list_splits
-    from hivg.data.prepare import ensure_synthetic
-    from hivg.orchestration.remote_stage_cache import stage_cache_for
-    from hivg.orchestration.run import DistributedOptions, TrackingOptions, run_training
-    from hivg.train.fit import preflight
-    from hivg.train.pretrain import resolve_weights
-
-    if config.data.dataset == "synthetic" and not list_splits(config.data.data_dir, "synthetic"):
-        ensure_synthetic(storage, seed=0, log=print)
-    preflight(config)  # a bad config fails here, before data or weights are made
-    config = resolve_weights(config, storage, log=print)
-    name = args.name or default_run_name(config)
-    run_dir = storage / name
-    where = remote.url(name) if remote else run_dir
-    print(f"run: {where}" + (f" (local mirror {run_dir})" if remote else ""))
-    storage_arg = remote.uri if remote else storage  # what the driver and the cache are given
-    summary = run_training(
-        config, storage_arg, run_dir, resume=args.resume, show_progress=not args.quiet,
-        tracking=TrackingOptions(enabled=not args.no_mlflow, uri=args.mlflow_uri,
-                                 experiment=args.experiment, log_model=args.log_model),
-        distributed=DistributedOptions(workers=args.workers,
-                                       gpus_per_worker=args.gpus_per_worker,
-                                       cpus_per_worker=args.cpus_per_worker,
-                                       address=args.address, max_failures=args.max_failures),
-        stage_cache=None if args.no_stage_cache else stage_cache_for(storage_arg, log=print))
-    print_summary(summary, Path(config.data.data_dir) / config.data.dataset)
-    print(f"results: {where}")
-    if summary.get("mlflow_ui"):
-        print(f"compare runs: {summary['mlflow_ui']}")
-    return 0
-
-
-def print_summary(summary: dict, dataset_dir: Path) -> None:
-    baselines_file = dataset_dir / "baselines.json"
-    baselines = json.loads(baselines_file.read_text()) if baselines_file.is_file() else {}
-    names = sorted(baselines)
-    header = f"{'split':<10} {'acc50':>7}" + "".join(f" {n:>12}" for n in names)
-    print(header)
-    for split, result in summary["splits"].items():
-        line = f"{split:<10} {result['acc50']:7.4f}"
-        for n in names:
-            v = baselines[n].get(split) if isinstance(baselines[n], dict) else None
-            line += f" {v:12.4f}" if isinstance(v, (int, float)) else f" {'-':>12}"
-        print(line)
-        for t, acc in result["by_type"].items():
-            print(f"  {t:<14} {acc:.4f}")
-    best = summary["best"]
-    print(f"selected: {best.get('stage')} epoch {best.get('epoch')} "
-          f"(val/acc50 {best.get('val/acc50', float('nan')):.4f}); "
-          f"wall time {summary['wall_time_s']:.0f}s")
-
-
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: train_command(parse_args()))

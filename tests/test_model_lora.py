@@ -11,12 +11,14 @@ from hivg.model.build import build_model
 from hivg.model.lora import adapters, apply_stage, merge_lora, trainable_parameter_groups
 from helpers import make_tokens
 
+# What every stage needs beside its LoRA (irrelevant here: no stage trains).
+RUN = {"epochs": 1, "lr": 1e-4, "batch_size": 8}
 # Stage 2 widens the vision and text ranges and drops bridge LoRA, so the policies differ.
 STAGES = [
-    StageConfig(name="s0"),
-    StageConfig(name="s1", vision_layers=[0, 1], text_layers=[0, 1], bridge_lora=True,
+    StageConfig(name="s0", **RUN),
+    StageConfig(name="s1", **RUN, vision_layers=[0, 1], text_layers=[0, 1], bridge_lora=True,
                 rank=4, alpha=8.0, dropout=0.1),
-    StageConfig(name="s2", vision_layers=[0, 3], text_layers=[2, 3], bridge_lora=False,
+    StageConfig(name="s2", **RUN, vision_layers=[0, 3], text_layers=[2, 3], bridge_lora=False,
                 rank=4, alpha=8.0, dropout=0.2),
 ]
 CASES = [(policy, k) for policy in ("paper", "released") for k in range(len(STAGES))]
@@ -202,10 +204,11 @@ def test_adapter_dropout_is_applied_in_training():
 
 
 def test_released_policy_rejects_a_rank_change():
-    stages = [StageConfig(name="s0"), StageConfig(name="s1", vision_layers=[0, 1], rank=4),
-              StageConfig(name="s2", vision_layers=[0, 3], rank=8)]
+    stages = [StageConfig(name="s0", **RUN),
+              StageConfig(name="s1", **RUN, vision_layers=[0, 1], rank=4),
+              StageConfig(name="s2", **RUN, vision_layers=[0, 3], rank=8)]
     model = build_model(load_preset("tiny").replace({"model.weights": None}))
-    with pytest.raises(ConfigError, match=r"hilora\.stages\[s2\]\.rank"):
+    with pytest.raises(ConfigError, match=r"hilora\.stages\.s2\.rank"):
         apply_stage(model, HiLoRAConfig(policy="released", stages=stages), 2)
 
 

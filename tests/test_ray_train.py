@@ -19,7 +19,8 @@ psutil = pytest.importorskip("psutil")
 from mlflow_server import mlflow_server  # noqa: E402,F401  (fixture)
 
 from hivg.errors import UserError  # noqa: E402
-from hivg.orchestration.run import DistributedOptions, TrackingOptions, run_training  # noqa: E402
+from hivg.orchestration.resources import Resources  # noqa: E402
+from hivg.orchestration.run import TrackingOptions, run_training  # noqa: E402
 from hivg.train.inference import evaluate_checkpoint  # noqa: E402
 from test_train import records, tiny_config  # noqa: E402
 
@@ -44,7 +45,7 @@ def test_two_workers_train_evaluate_exactly_and_log_to_an_mlflow_server(
     summary = run_training(
         config, tmp_path / "runs", run_dir, show_progress=False, log=lambda _m: None,
         tracking=TrackingOptions(uri=mlflow_server.url, experiment="ray-test", log_model=True),
-        distributed=DistributedOptions(workers=2))
+        resources=Resources(workers=2))
     assert summary["world_size"] == 2 and summary["global_batch"] == 16
     rows = records(run_dir)
     keys = [(r["stage"], r["epoch"]) for r in rows]
@@ -116,7 +117,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(
     killer.start()
     summary = run_training(config, tmp_path / "runs", run_dir, show_progress=False,
                            log=lambda _m: None, tracking=TrackingOptions(enabled=False),
-                           distributed=DistributedOptions(workers=2, max_failures=2))
+                           resources=Resources(workers=2), max_failures=2)
     killer.join(5)
     assert killed, "no Ray Train worker was found to kill"
     keys = [(r["stage"], r["epoch"]) for r in records(run_dir)]
@@ -129,10 +130,10 @@ def test_more_workers_than_the_cluster_has_fails_before_start(local_ray, synthet
     config = tiny_config(synthetic_storage / "data")
     with pytest.raises(UserError, match=r"asked for 64 CPUs .* the cluster has 4"):
         run_training(config, tmp_path, tmp_path / "r", tracking=TrackingOptions(enabled=False),
-                     distributed=DistributedOptions(workers=64))
+                     resources=Resources(workers=64))
     with pytest.raises(UserError, match=r"asked for 2 GPUs, the cluster has 0"):
         run_training(config, tmp_path, tmp_path / "r", tracking=TrackingOptions(enabled=False),
-                     distributed=DistributedOptions(workers=2, gpus_per_worker=1))
+                     resources=Resources(workers=2, gpus_per_worker=1))
     assert not (tmp_path / "r").exists()  # nothing started, nothing written
 
 

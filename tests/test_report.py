@@ -1,4 +1,4 @@
-"""Study reports (hivg.orchestration.report) on fake but complete study folders: the layout
+"""Study reports (hivg.analysis) on fake but complete study folders: the layout
 run_study leaves (results.json, study.yaml, trial folders with config.yaml, summary.json,
 metrics.jsonl and predictions written by the trainer's own writer). No Ray, no training."""
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from hivg.orchestration import report as rp
+from hivg import analysis as rp
+from hivg.orchestration import study_report
 from hivg.train.metrics import write_predictions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -430,7 +431,7 @@ def test_log_report_to_tracker(ablation):
     calls = []
     tracker = SimpleNamespace(log_artifact=lambda path, artifact_path=None:
                               calls.append((Path(path), artifact_path)))
-    rp.log_report(tracker, ablation.out)
+    study_report.log_report(tracker, ablation.out)
     assert calls == [(ablation.out, "report")]
 
 
@@ -453,7 +454,7 @@ def test_pipeline(ablation, capsys, monkeypatch):
 
 def test_report_after_study_only_warns(tmp_path):
     lines = []
-    assert rp.report_after_study({"study": "nope"}, tmp_path, log=lines.append) is None
+    assert study_report.report_after_study({"study": "nope"}, tmp_path, log=lines.append) is None
     assert len(lines) == 1 and lines[0].startswith("warning: no report")
     assert "pipelines/report.py nope" in lines[0]
 
@@ -469,8 +470,8 @@ def test_log_report_to_mlflow_parent_run(ablation, tmp_path):
                                  run_key="study:abl",
                                  artifact_location=(tmp_path / "artifacts").as_uri())
     parent.end("FINISHED")
-    assert rp.log_report_to_study_run(ablation.out, uri, "abl") == parent.run_id
+    assert study_report.log_report_to_study_run(ablation.out, uri, "abl") == parent.run_id
     names = {Path(f.path).name for f in MlflowClient(uri).list_artifacts(parent.run_id, "report")}
     assert {"report.md", "table.csv", "table.tex", "bars.png", "pareto.png"} <= names
-    assert rp.study_name_of_run(uri, parent.run_id) == "abl"
-    assert rp.log_report_to_study_run(ablation.out, uri, "other") is None
+    assert study_report.study_name_of_run(uri, parent.run_id) == "abl"
+    assert study_report.log_report_to_study_run(ablation.out, uri, "other") is None

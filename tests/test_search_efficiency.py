@@ -1,4 +1,4 @@
-"""Reading what a search found and spent from its trial folders (hivg.orchestration.
+"""Reading what a search found and spent from its trial folders (hivg.analysis.
 search_efficiency): trial folders written the way the trainer writes them."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from hivg.errors import UserError
-from hivg.orchestration.search_efficiency import (SearchOutcome, compare, format_comparison,
+from hivg.analysis.search_efficiency import (SearchOutcome, compare, format_comparison,
                                                   read_trials)
 
 AXES = ["hilora.stages.stage0.lr", "model.vl_encoder.layers"]

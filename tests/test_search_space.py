@@ -130,6 +130,8 @@ BAD = [
      ["datasets: unknown dataset 'coco'", "refcocog-umd"]),
     ("test metric", GOOD_SPACE + "metric: test/acc50\n",
      ["metric: expected a validation metric starting with 'val/'", "'test/acc50'"]),
+    ("val metric the trainer does not report", GOOD_SPACE + "metric: val/loss\n",
+     ["metric: expected a validation metric", "reports every epoch (val/acc50", "'val/loss'"]),
     ("bad mode", GOOD_SPACE + "mode: maximise\n", ["mode: expected max or min"]),
     ("both space and variants", GOOD_SPACE + "variants: {baseline: {}}\n",
      ["space/variants: expected exactly one", "got both"]),

@@ -11,7 +11,8 @@ ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
 from hivg.orchestration.search_space import load_study  # noqa: E402
-from hivg.orchestration.tune import StudyOptions, run_study  # noqa: E402
+from hivg.orchestration.tune import StudyOptions, finished_result, run_study  # noqa: E402
+from hivg.run_folder import RunFolder  # noqa: E402
 
 SHORT = """
 overrides:
@@ -150,3 +151,21 @@ variants:
     results = tune_results(storage / "train1")
     assert [r["global_epoch"] for r in results if "global_epoch" in r] == [1]
     assert not any(k.startswith("test") for r in results for k in r)
+
+
+def test_a_finished_trial_reports_the_study_metric_as_its_run_reached_it(tmp_path):
+    """A trial found finished (an earlier invocation, another machine) reports its selected
+    checkpoint's value under the study's metric, and its epochs; an unfinished one trains."""
+    study = load_study(write_study(tmp_path, tmp_path / "data", """
+mode: max
+variants:
+  baseline: {}
+"""))
+    folder = RunFolder(tmp_path / "trial")
+    folder.prepare("seed: 13\n", resume=False)
+    assert finished_result(folder, study) is None
+    folder.metrics_path.write_text(json.dumps({"epoch": 1, study.metric: 0.5}) + "\n")
+    folder.write_summary({"best": {"stage": "stage0", study.metric: 0.75},
+                          study.metric: 0.7, "epochs_trained": 3})
+    assert finished_result(folder, study) == {study.metric: 0.75, "global_epoch": 3,
+                                              "reused": 1}

@@ -25,7 +25,7 @@ adapters under `attn.lora.<name>.{q,k,v,out}.{A,B}`, applies each delta as its o
 its own dropout (base weights never touched in forward), supports any number of adapters, and
 merges exactly W + (alpha/r) B A (tests check this by hand).
 
-Stages and policies (hilora.stages[k], policy):
+Stages and policies (hilora.stages, hilora.policy):
 - Every stage: CLIP base weights frozen; everything outside CLIP (bridge, fusion, VL encoder,
   heads) trainable, as in the released code.
 - Stage k with LoRA creates adapters on the attention of vision layers in k's `vision_layers`
@@ -94,7 +94,7 @@ def apply_stage(model: nn.Module, hilora: HiLoRAConfig, stage_index: int) -> Non
     if paper:
         for s in stages:
             if "." in s.name or not s.name:
-                raise ConfigError(f"hilora.stages[{s.name}].name: expected a name without '.' "
+                raise ConfigError(f"hilora.stages.{s.name}.name: expected a name without '.' "
                                   f"(it names the stage's adapters), got {s.name!r}")
         later = set(names[stage_index + 1:])
         for mod_name, attn in attention_modules(model):
@@ -111,7 +111,7 @@ def apply_stage(model: nn.Module, hilora: HiLoRAConfig, stage_index: int) -> Non
                 attn.add_adapter(adapter, s.rank, s.alpha, s.dropout)
             elif not paper and (attn.lora[adapter].rank, attn.lora[adapter].alpha) != (s.rank, s.alpha):
                 raise ConfigError(
-                    f"hilora.stages[{s.name}].rank: the released policy re-uses one adapter per "
+                    f"hilora.stages.{s.name}.rank: the released policy re-uses one adapter per "
                     f"module; {mod_name} already has rank {attn.lora[adapter].rank}, alpha "
                     f"{attn.lora[adapter].alpha}, got rank {s.rank}, alpha {s.alpha}")
 

@@ -16,7 +16,6 @@ import os
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,18 +25,9 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from hivg.config import Config
 from hivg.errors import UserError
+from hivg.orchestration.resources import Resources
+from hivg.run_folder import RunFolder
 from hivg.train.hooks import Tracker, TrainHooks
-
-
-@dataclass(frozen=True)
-class RayResources:
-    workers: int
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-
-    @property
-    def use_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
 
 
 class RayHooks(TrainHooks):
@@ -159,23 +149,6 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         sync.push()  # summary, predictions, best.pt
 
 
-def check_resources(resources: RayResources) -> None:
-    """Exit-2 error when the cluster cannot hold the requested workers."""
-    import ray
-
-    total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    need_cpu = resources.workers * resources.cpus_per_worker
-    need_gpu = resources.workers * resources.gpus_per_worker
-    if need_gpu > gpus:
-        raise UserError(f"--workers {resources.workers} x --gpus-per-worker "
-                        f"{resources.gpus_per_worker:g}: asked for {need_gpu:g} GPUs, the "
-                        f"cluster has {gpus:g}")
-    if need_cpu > cpus:
-        raise UserError(f"--workers {resources.workers}: asked for {need_cpu:g} CPUs "
-                        f"({resources.cpus_per_worker:g} per worker), the cluster has {cpus:g}")
-
-
 def check_shared_storage(storage: str | Path) -> None:
     """On a multi-node cluster, every node must see the storage folder (the run folder is
     written by rank 0, which may live on any node). Checked for real: a marker file the
@@ -247,7 +220,7 @@ def _check_tcp(address: str, timeout: float = 3.0) -> None:
                         f"({e.strerror or e})") from None
 
 
-def train_on_ray(config: Config, run_dir: Path, resources: RayResources, *,
+def train_on_ray(config: Config, run_dir: Path, resources: Resources, *,
                  max_failures: int = 0, tracker: Tracker | None = None,
                  stage_cache: Any = None, ray_storage: Path | None = None,
                  timing: str | None = None, callbacks: list | None = None,
@@ -282,7 +255,7 @@ def train_on_ray(config: Config, run_dir: Path, resources: RayResources, *,
     trainer.fit()
     if sync is not None:  # rank 0 may have run on another node: its mirror is not ours
         sync.pull()
-    return json.loads((run_dir / "summary.json").read_text())
+    return RunFolder(run_dir).read_summary()
 
 
 def _storage_path(path: str | Path) -> str:
@@ -291,5 +264,4 @@ def _storage_path(path: str | Path) -> str:
     return str(path) if "://" in str(path) else str(Path(path).resolve())
 
 
-__all__ = ["RayHooks", "RayResources", "train_on_ray", "check_resources",
-           "check_shared_storage", "connect"]
+__all__ = ["RayHooks", "train_on_ray", "check_shared_storage", "connect"]

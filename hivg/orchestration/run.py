@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from hivg.config import Config
 from hivg.errors import UserError
+from hivg.orchestration.resources import LOCAL, Resources, check_run_fits
+from hivg.run_folder import CHECKPOINTS, CONFIG, METRICS, PREDICTIONS, SUMMARY, RunFolder
 from hivg.train.hooks import NullTracker
 
 
@@ -27,54 +29,27 @@ class TrackingOptions:
     extra_tags: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class DistributedOptions:
-    """None workers = a plain local run in this process."""
-
-    workers: int | None = None
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    address: str | None = None
-    max_failures: int = 0
-
-
 def mlflow_run_name(config: Config) -> str:
     """Readable from the config: preset/dataset/variant/seedN."""
     return f"{config.preset}/{config.data.dataset}/{config.variant}/seed{config.seed}"
 
 
-def prepare_run_folder(config: Config, run_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite results; write config.yaml (the workers check it on resume)."""
-    config_path = run_dir / "config.yaml"
-    if resume:
-        if not config_path.is_file():
-            raise UserError(f"{run_dir}: nothing to resume (no config.yaml)")
-        if config_path.read_text() != config.to_yaml():
-            raise UserError(f"{config_path}: the run was started with another config; resume "
-                            "it without overrides or pick another --name")
-        return
-    if (run_dir / "metrics.jsonl").exists() or (run_dir / "summary.json").exists():
-        raise UserError(f"{run_dir}: run folder already holds results; pass --resume or choose "
-                        "another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(config.to_yaml())
-
-
 def prepare_remote_run_folder(config: Config, sync, resume: bool) -> None:
-    """prepare_run_folder for S3 storage: the bucket's copy of the run folder is the truth,
+    """RunFolder.prepare for S3 storage: the bucket's copy of the run folder is the truth,
     the mirror a cache of it (pulled on resume, cleared for a new run), config.yaml pushed."""
     import shutil
 
+    folder = RunFolder(sync.local)
     if resume:
         sync.pull()
-        if not (sync.local / "config.yaml").is_file():
-            raise UserError(f"{sync.url}: nothing to resume (no config.yaml)")
-    elif sync.remote_has("metrics.jsonl") or sync.remote_has("summary.json"):
+        if not folder.config_path.is_file():
+            raise UserError(f"{sync.url}: nothing to resume (no {CONFIG})")
+    elif sync.remote_has(METRICS) or sync.remote_has(SUMMARY):
         raise UserError(f"{sync.url}: run folder already holds results; pass --resume or "
                         "choose another --name")
     elif sync.local.exists():
         shutil.rmtree(sync.local)  # left over from a run the bucket no longer holds
-    prepare_run_folder(config, sync.local, resume)
+    folder.prepare(config.to_yaml(), resume)
     sync.push()
 
 
@@ -112,24 +87,26 @@ def start_tracker(config: Config, storage: Path, run_dir: Path, options: Trackin
     return tracker, uri
 
 
-def log_run_artifacts(tracker, run_dir: Path, log_model: bool) -> None:
-    for name in ("summary.json", "config.yaml", "metrics.jsonl"):
-        if (run_dir / name).is_file():
-            tracker.log_artifact(run_dir / name)
-    if (run_dir / "predictions").is_dir():
-        tracker.log_artifact(run_dir / "predictions", "predictions")
-    if log_model and (run_dir / "checkpoints" / "best.pt").is_file():
-        tracker.log_artifact(run_dir / "checkpoints" / "best.pt", "checkpoints")
+def log_run_artifacts(tracker, folder: RunFolder, log_model: bool) -> None:
+    for path in (folder.summary_path, folder.config_path, folder.metrics_path):
+        if path.is_file():
+            tracker.log_artifact(path)
+    if folder.predictions.is_dir():
+        tracker.log_artifact(folder.predictions, PREDICTIONS)
+    if log_model and folder.best_checkpoint.is_file():
+        tracker.log_artifact(folder.best_checkpoint, CHECKPOINTS)
 
 
 def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: bool = False,
-                 tracking: TrackingOptions | None = None,
-                 distributed: DistributedOptions | None = None,
+                 tracking: TrackingOptions | None = None, resources: Resources = LOCAL,
+                 address: str | None = None, max_failures: int = 0,
                  stage_cache: Any = None, show_progress: bool = True,
                  log: Callable[[str], None] = print, hooks: Any = None,
                  ray_callbacks: list | None = None) -> dict[str, Any]:
     """Train `config` into `run_dir`, locally or on Ray, tracked in MLflow; return the summary.
 
+    `resources`: LOCAL (workers 0) trains in this process; N workers start a Ray Train worker
+    group (joining the cluster at `address`, restarted up to `max_failures` times).
     The MLflow run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C / SIGTERM).
     `hooks`: TrainHooks for a local run (a Tune trial reports through them);
     `ray_callbacks`: Ray Train callbacks (a Tune trial passes TuneReportCallback).
@@ -150,18 +127,15 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
         sync = RunFolderSync(remote, Path(run_dir).resolve().relative_to(remote.mirror)
                              .as_posix())
     tracking = tracking or TrackingOptions()
-    distributed = distributed or DistributedOptions()
-    on_ray = distributed.workers is not None
-    resources = None
+    on_ray = resources.on_workers
     if on_ray:
+        import ray
+
         from hivg.orchestration import ray_train
 
-        resources = ray_train.RayResources(distributed.workers, distributed.gpus_per_worker,
-                                           distributed.cpus_per_worker)
-        ray_train.connect(distributed.address,
-                          num_cpus=None if distributed.address else
-                          max(2, resources.workers * resources.cpus_per_worker) + 1, log=log)
-        ray_train.check_resources(resources)
+        ray_train.connect(address, num_cpus=None if address else max(2, resources.cpus) + 1,
+                          log=log)
+        check_run_fits(resources, ray.cluster_resources())
         ray_train.check_shared_storage(storage)
     if tracking.enabled:  # an unreachable server fails before anything is written
         from hivg.tracking import check_reachable, resolve_tracking_uri
@@ -170,9 +144,9 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
     if sync:
         prepare_remote_run_folder(config, sync, resume)
     else:
-        prepare_run_folder(config, run_dir, resume)
-    world = distributed.workers or 1
-    device_type = "cuda" if distributed.gpus_per_worker > 0 or config.device.startswith("cuda") \
+        RunFolder(Path(run_dir)).prepare(config.to_yaml(), resume)
+    world = max(resources.workers, 1)
+    device_type = "cuda" if resources.use_gpu or config.device.startswith("cuda") \
         else ("cpu" if config.device == "cpu" or on_ray else _local_device_type(config))
     tracker, uri = start_tracker(config, storage, run_dir, tracking, world, device_type,
                                  run_url=sync.url if sync else None)
@@ -185,7 +159,7 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
             from hivg.orchestration import ray_train
 
             summary = ray_train.train_on_ray(config, run_dir, resources,
-                                             max_failures=distributed.max_failures,
+                                             max_failures=max_failures,
                                              tracker=tracker if uri else None,
                                              stage_cache=stage_cache,
                                              ray_storage=_ray_storage(storage),
@@ -200,7 +174,7 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
                           show_progress=show_progress, log=log, stage_cache=stage_cache)
             if sync:
                 sync.push()  # summary, predictions, best.pt
-        log_run_artifacts(tracker, run_dir, tracking.log_model)
+        log_run_artifacts(tracker, RunFolder(Path(run_dir)), tracking.log_model)
     if uri:
         from hivg.tracking import ui_command
 

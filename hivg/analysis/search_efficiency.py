@@ -8,15 +8,13 @@ never sees test), and that trial's test acc50.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from hivg.errors import UserError
+from hivg.run_folder import SELECTION_METRIC, Trial, acc50, load_trials
 
 
 @dataclass(frozen=True)
@@ -24,7 +22,7 @@ class TrialOutcome:
     run_dir: str
     point: tuple                 # the space's values, in the study's axis order
     epochs: int                  # epochs reported
-    best_val: float              # best val/acc50 it reported
+    best_val: float              # best val acc50 it reported
     test: float | None          # test acc50 if it completed (None: stopped early)
 
 
@@ -45,34 +43,21 @@ class SearchOutcome:
         return max(done, key=lambda t: t.best_val)
 
 
-def _value(config: dict, dotted: str) -> Any:
-    """A config value by its override path (hilora.stages.NAME.x addresses a stage by name)."""
-    node: Any = config
-    for part in dotted.split("."):
-        node = next(s for s in node if s.get("name") == part) if isinstance(node, list) \
-            else node[part]
-    return node
-
-
 def read_trials(study_dir: Path, axes: Iterable[str]) -> list[TrialOutcome]:
     """Every trial under {study_dir}/trials that started (has a config.yaml)."""
     axes = list(axes)
-    outcomes = []
-    for config_path in sorted(Path(study_dir, "trials").glob("**/config.yaml")):
-        run_dir = config_path.parent
-        config = yaml.safe_load(config_path.read_text())
-        metrics = run_dir / "metrics.jsonl"
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
-            if metrics.is_file() else []
-        trained = [r for r in rows if r.get("epoch", 0) >= 1]
-        vals = [r["val/acc50"] for r in rows if "val/acc50" in r]
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-        outcomes.append(TrialOutcome(
-            run_dir=str(run_dir), point=tuple(_value(config, a) for a in axes),
-            epochs=len(trained), best_val=max(vals) if vals else float("nan"),
-            test=None if summary is None else summary.get("test/acc50")))
-    return outcomes
+    return [TrialOutcome(run_dir=str(t.folder.path),
+                         point=tuple(t.config_value(a) for a in axes),
+                         epochs=t.epochs_reported,
+                         best_val=_best_or_nan(t),
+                         test=None if t.summary is None else t.summary.get(acc50("test")))
+            for t in load_trials(study_dir)]
+
+
+def _best_or_nan(trial: Trial) -> float:
+    """The best validation value among its epochs (nan before any)."""
+    values = [r[SELECTION_METRIC] for r in trial.metrics if SELECTION_METRIC in r]
+    return max(values) if values else float("nan")
 
 
 def compare(grid: SearchOutcome, searches: list[SearchOutcome]) -> dict[str, Any]:

@@ -1,0 +1,276 @@
+"""A run folder: the one definition of its layout and the one reader of its files.
+
+    {storage}/{name}/
+        config.yaml                  the resolved config
+        metrics.jsonl                one object per (stage, epoch): validation metrics only
+        checkpoints/last.pt          resume state (model, optimizer, schedule, position)
+        checkpoints/STAGE_best.pt    best-on-val weights of each stage
+        checkpoints/best.pt          the selected checkpoint (the last stage's best)
+        predictions/SPLIT.parquet    one row per expression: id, box, IoU, hit
+        summary.json                 final acc50 of every split, best stage and epoch, ...
+
+The trainer (hivg.train.fit) writes it, the driver (hivg.orchestration.run) prepares it, and
+studies, reports and benchmarks read it back through `RunFolder` and `load_trials` (a study
+keeps its trials' run folders under `{storage}/{study}/trials/`). Plain Python: no torch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from hivg.config import UnknownKeyError, get_value
+from hivg.data.splits import split_sort_key
+from hivg.errors import UserError
+
+# The per-epoch metric that picks each stage's checkpoint: the only one a searcher sees.
+SELECTION_METRIC = "val/acc50"
+CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
+CHECKPOINTS, PREDICTIONS = "checkpoints", "predictions"
+BEST, LAST = "best.pt", "last.pt"
+# What tables and reports read from a trial (with predictions/); checkpoints stay put.
+RESULT_FILES = (SUMMARY, CONFIG, METRICS)
+TRIALS = "trials"  # {study}/trials/{trial}/: a study's run folders
+
+
+def acc50(split: str) -> str:
+    """The metric name of a split's Acc@0.5 (MLflow rejects '@')."""
+    return f"{split}/acc50"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    # -- layout --------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / BEST
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / LAST
+
+    def stage_checkpoint(self, stage: str) -> Path:
+        return self.checkpoints / f"{stage}_best.pt"
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / PREDICTIONS
+
+    def prediction_path(self, split: str) -> Path:
+        return self.predictions / f"{split}.parquet"
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> "RunFolder":
+        """The run folder a checkpoint file belongs to (its checkpoints/ folder's parent)."""
+        checkpoint = Path(checkpoint)
+        folder = checkpoint.parent
+        return cls(folder.parent if folder.name == CHECKPOINTS else folder)
+
+    # -- starting or resuming ------------------------------------------------------------
+    def has_results(self) -> bool:
+        return self.metrics_path.exists() or self.summary_path.exists()
+
+    def prepare(self, config_yaml: str, resume: bool, write: bool = True) -> None:
+        """Refuse to overwrite results, or to resume with another config; write config.yaml
+        for a new run (`write`: only the process that owns the folder)."""
+        if resume:
+            if not self.config_path.is_file():
+                raise UserError(f"{self.path}: nothing to resume (no {CONFIG})")
+            if self.config_path.read_text() != config_yaml:
+                raise UserError(f"{self.config_path}: the run was started with another config; "
+                                "resume it without overrides or pick another --name")
+            return
+        if self.has_results():
+            raise UserError(f"{self.path}: run folder already holds results; pass --resume or "
+                            "choose another --name")
+        if write:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.config_path.write_text(config_yaml)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self.summary_path.write_text(json.dumps(summary, indent=2))
+
+    # -- reading -------------------------------------------------------------------------
+    def read_config(self) -> Optional[dict[str, Any]]:
+        """config.yaml as a plain tree (None: not started)."""
+        if not self.config_path.is_file():
+            return None
+        return yaml.safe_load(self.config_path.read_text()) or {}
+
+    def read_summary(self) -> Optional[dict[str, Any]]:
+        """summary.json (None: not finished: running, stopped early or failed)."""
+        if not self.summary_path.is_file():
+            return None
+        return json.loads(self.summary_path.read_text())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines()
+                if line.strip()]
+
+    def read_predictions(self, split: str) -> Optional[tuple[Any, Any]]:
+        """(expression ids, hits) of `split` as numpy arrays; None without the file."""
+        path = self.prediction_path(split)
+        if not path.is_file():
+            return None
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["id", "hit"])
+        ids = np.asarray(table.column("id").to_pylist(), dtype=str)
+        hits = np.asarray(table.column("hit").to_numpy(zero_copy_only=False), dtype=bool)
+        return ids, hits
+
+
+@dataclass
+class Trial:
+    """One run of a study (or any run), read back: its config as a plain tree (a run of an
+    older schema still reads), its summary (None until it finishes) and its epochs."""
+
+    folder: RunFolder
+    config: dict[str, Any]
+    summary: Optional[dict[str, Any]]
+    metrics: list[dict[str, Any]]
+    _predictions: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def read(cls, folder: RunFolder) -> Optional["Trial"]:
+        """None for a folder without config.yaml (not a run that started)."""
+        config = folder.read_config()
+        if config is None:
+            return None
+        return cls(folder, config, folder.read_summary(), folder.read_metrics())
+
+    @property
+    def key(self) -> str:
+        return self.folder.name
+
+    @property
+    def variant(self) -> str:
+        return str(self.config.get("variant", self.key))
+
+    @property
+    def dataset(self) -> str:
+        return str((self.config.get("data") or {}).get("dataset", "?"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def val_split(self) -> str:
+        return (self.config.get("data") or {}).get("val_split") or "val"
+
+    @property
+    def splits(self) -> list[str]:
+        """The evaluated splits, val first."""
+        if not self.summary:
+            return []
+        names = list(self.summary.get("splits") or {})
+        if not names:
+            names = [k[:-len("/acc50")] for k in self.summary if k.endswith("/acc50")]
+        return sorted(names, key=lambda s: (s != self.val_split, split_sort_key(s)))
+
+    @property
+    def test_splits(self) -> list[str]:
+        return [s for s in self.splits if s != self.val_split]
+
+    def acc(self, split: str) -> Optional[float]:
+        """acc50 of `split` as a fraction (None: not evaluated)."""
+        if not self.summary:
+            return None
+        value = (self.summary.get("splits") or {}).get(split, {}).get("acc50")
+        if value is None:
+            value = self.summary.get(acc50(split))
+        return float(value) if _finite(value) else None
+
+    def headline_acc(self) -> Optional[float]:
+        """Mean acc50 over the test splits (val when there are none)."""
+        values = [v for v in (self.acc(s) for s in self.test_splits) if v is not None]
+        return statistics.fmean(values) if values else self.acc(self.val_split)
+
+    def best_value(self, metric: str = SELECTION_METRIC, mode: str = "max") -> Optional[float]:
+        """The best `metric` this run reached: its summary's record of the selected
+        checkpoint when it has one, else the best of its epochs."""
+        if self.summary:
+            best = self.summary.get("best") or {}
+            for value in (best.get(metric), self.summary.get(metric)):
+                if _finite(value):
+                    return float(value)
+        values = [r[metric] for r in self.metrics if _finite(r.get(metric))]
+        if not values:
+            return None
+        return float(max(values) if mode == "max" else min(values))
+
+    @property
+    def epochs(self) -> int:
+        """Global epochs trained (a finished run's count, else the last one it logged)."""
+        if self.summary and "epochs_trained" in self.summary:
+            return int(self.summary["epochs_trained"])
+        return max((int(r.get("global_epoch", 0)) for r in self.metrics), default=0)
+
+    @property
+    def epochs_reported(self) -> int:
+        """Epochs it reported (the rows of trained epochs; stage-start evaluations are 0)."""
+        return sum(1 for r in self.metrics if r.get("epoch", 0) >= 1)
+
+    def predictions(self, split: str) -> Optional[tuple[Any, Any]]:
+        if split not in self._predictions:
+            self._predictions[split] = self.folder.read_predictions(split)
+        return self._predictions[split]
+
+    def config_value(self, key: str) -> Any:
+        """A dotted config key as the run had it (hivg.config's grammar); None where the
+        key does not apply (a stage this run did not have)."""
+        try:
+            return get_value(self.config, key)
+        except (UnknownKeyError, KeyError, TypeError):
+            return None
+
+
+def load_trials(study_dir: str | Path) -> list[Trial]:
+    """Every run folder under `{study_dir}/trials` that started (has config.yaml), in path
+    order."""
+    root = Path(study_dir) / TRIALS
+    paths = sorted(root.glob(f"**/{CONFIG}")) if root.is_dir() else []
+    return [t for t in (Trial.read(RunFolder(p.parent)) for p in paths) if t is not None]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+__all__ = ["RunFolder", "Trial", "load_trials", "acc50", "SELECTION_METRIC", "RESULT_FILES"]
