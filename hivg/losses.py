@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import box_convert
 
 from hivg.config import LossConfig
-from hivg.ops.boxes import cxcywh_to_xyxy, elementwise_giou, rasterize_boxes
+from hivg.ops.boxes import elementwise_giou, rasterize_boxes
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25,
@@ -78,7 +79,8 @@ class HiVGCriterion(nn.Module):
         if w["l1"] > 0:
             terms["l1"] = F.l1_loss(pred, gt, reduction="none").sum(-1).mean()
         if w["giou"] > 0:
-            terms["giou"] = (1 - elementwise_giou(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(gt))).mean()
+            terms["giou"] = (1 - elementwise_giou(box_convert(pred, "cxcywh", "xyxy"),
+                                                    box_convert(gt, "cxcywh", "xyxy"))).mean()
         if w["contrastive"] > 0:
             terms["contrastive"] = contrastive_loss(outputs["image_embed"].float(),
                                                     outputs["text_embed"].float(), self.temperature)

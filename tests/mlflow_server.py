@@ -5,7 +5,7 @@ tests/ on the path).
 
     def test_x(mlflow_server): ...            # mlflow_server.url, .root, .get(...)
 
-The server is hivg.tracking.server.mlflow_server: its own process group, stopped by id.
+The server is tools.mlflow_server.mlflow_server: its own process group, stopped by id.
 Its database, artifacts, HOME and TMPDIR all live in a temporary folder.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from hivg.tracking.server import mlflow_server as start_mlflow_server
+from tools.mlflow_server import mlflow_server as start_mlflow_server
 
 START_TIMEOUT_S = 60.0
 

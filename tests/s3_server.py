@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from hivg.tracking.server import free_port, stop_process_group
+from tools.processes import free_port, stop_process_group
 
 # Distinctive values, so a test can look for them in everything written (they must not be).
 ACCESS_KEY, SECRET_KEY = "AKIAHIVGTESTACCESSKEY", "hivg-test-secret-key-must-never-be-written"

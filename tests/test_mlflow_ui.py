@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hivg.tracking import MlflowTracker
-from hivg.tracking.browser import (CHROMEDRIVER, CHROMIUM, COMPARE_WINDOW_SIZE,
+from tools.browser import (CHROMEDRIVER, CHROMIUM, COMPARE_WINDOW_SIZE,
                                    chromium_driver, compare_runs_url, expand_parent_run,
                                    experiment_url, hide_mlflow_assistant, page_text,
                                    save_screenshot, wait_for_text, widen_run_name_column)

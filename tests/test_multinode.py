@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from hivg.tracking.server import free_port, stop_process_group  # noqa: E402
+from tools.processes import free_port, stop_process_group  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

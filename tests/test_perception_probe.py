@@ -1,4 +1,5 @@
-"""The per-cell ground truth behind pipelines/probe_perception.py, its probes, and the script."""
+"""The per-cell ground truth behind the perception probe (hivg.bench.probe), its probes, and
+pipelines/probe_perception.py."""
 from __future__ import annotations
 
 import json
@@ -11,13 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from hivg.bench import probe as probe_perception
 from hivg.data import oracle, synthetic
 from hivg.data.transforms import eval_placement
 from hivg.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "pipelines"))
-import probe_perception  # noqa: E402
 
 
 @pytest.mark.parametrize("box, grid, cells, centre", [

@@ -18,7 +18,7 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # noqa: E402
-from hivg.tracking.server import free_port  # noqa: E402
+from tools.processes import free_port  # noqa: E402
 from mlflow_server import mlflow_server  # noqa: E402,F401  (fixture)
 
 from hivg.errors import UserError  # noqa: E402
@@ -364,7 +364,7 @@ def test_tracking_server_round_trip(mlflow_server, tmp_path):
 
 
 def test_local_server_that_cannot_start_fails_with_its_log_in_one_error(tmp_path):
-    from hivg.tracking.server import mlflow_server
+    from tools.mlflow_server import mlflow_server
 
     with pytest.raises(UserError, match="did not answer") as info:
         with mlflow_server("nosuchscheme://nowhere", tmp_path, timeout=90):

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hivg.orchestration.search_space import config_for, load_study, variant_trials
-from hivg.tracking.server import free_port
+from tools.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p for p in (ROOT / "search_spaces").glob("*.yaml")

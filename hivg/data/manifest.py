@@ -113,11 +113,6 @@ def write_table(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
-def write_manifest(records: Sequence[Record], data_dir: str | Path, dataset: str,
-                   split: str) -> Path:
-    return write_table(records_to_table(records), manifest_path(data_dir, dataset, split))
-
-
 def read_manifest(data_dir: str | Path, dataset: str, split: str,
                   columns: Sequence[str] | None = None) -> pa.Table:
     """The manifest of one split; DataError naming the file when it is not there."""

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 from torch import Tensor
+from torchvision.ops import box_convert
 
-from hivg.ops.boxes import clamp_to_image, cxcywh_to_xyxy
+from hivg.ops.boxes import clamp_to_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -215,7 +216,7 @@ def canvas_to_image_boxes(pred_cxcywh_norm: Tensor, scale: Tensor, offset: Tenso
     """Predicted (N, 4) cxcywh in [0, 1] of the canvas -> (N, 4) xyxy pixels of the original
     image, clamped to it. scale (N,), offset (N, 2) and orig_size (N, 2) = (w, h) come from
     the batch: canvas = orig * scale + offset."""
-    canvas_xyxy = cxcywh_to_xyxy(pred_cxcywh_norm) * canvas_size
+    canvas_xyxy = box_convert(pred_cxcywh_norm, "cxcywh", "xyxy") * canvas_size
     shift = offset.to(canvas_xyxy).repeat(1, 2)
     orig = (canvas_xyxy - shift) / scale.to(canvas_xyxy).reshape(-1, 1)
     size = orig_size.to(canvas_xyxy)

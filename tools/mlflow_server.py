@@ -1,4 +1,4 @@
-"""A local `mlflow server` process on 127.0.0.1: for the UI screenshot pipeline and the tests.
+"""A local `mlflow server` process on 127.0.0.1: for the UI screenshot tool and the tests.
 
 The server runs in its own process group and is stopped by that group's id (never by name),
 so uvicorn's worker processes go with it.
@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +16,9 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from hivg.errors import UserError
+from tools.processes import free_port, stop_process_group
 
 START_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (also what an 'unreachable' URI can use)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def healthy(url: str) -> bool:
@@ -36,18 +28,6 @@ def healthy(url: str) -> bool:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def stop_process_group(process: subprocess.Popen, wait_s: float = 15.0) -> None:
-    """SIGTERM the process's group, then SIGKILL if it is still there after `wait_s`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @contextlib.contextmanager

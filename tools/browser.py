@@ -1,8 +1,7 @@
 """Headless Chromium (Debian's `chromium` + `chromedriver`, driven by Selenium) looking at the
-MLflow UI: the UI test (tests/test_mlflow_ui.py) and pipelines/screenshot_mlflow.py use it.
+MLflow UI: the UI test (tests/test_mlflow_ui.py) and tools/screenshot_mlflow.py use it.
 
-Selenium is imported inside the functions only, and nothing else in hivg imports this module
-(hivg.tracking's __init__ neither; hivg.train above all), so selenium stays a test extra.
+Selenium is imported inside the functions only (it is a test extra).
 
     reason = browser_missing()            # None when Chromium, chromedriver and Selenium exist
     driver = chromium_driver(tmp / "chrome-profile")

@@ -4,9 +4,9 @@ Starts `mlflow server` on 127.0.0.1 (a free port, its own process group, stopped
 group's id) over an SQLite tracking store, opens the compare view of the runs and saves a
 PNG. An http(s) tracking URI is a server already: it is used as it is.
 
-    python pipelines/screenshot_mlflow.py --tracking-uri sqlite:///runs/mlflow.db \\
+    python -m tools.screenshot_mlflow --tracking-uri sqlite:///runs/mlflow.db \\
         --experiment hivg --out docs/mlflow-compare.png          # the first two child runs
-    python pipelines/screenshot_mlflow.py --tracking-uri sqlite:///runs/mlflow.db \\
+    python -m tools.screenshot_mlflow --tracking-uri sqlite:///runs/mlflow.db \\
         --experiment hivg --runs tiny/synthetic/baseline/seed13 tiny/synthetic/no-bridge/seed13 \\
         --out compare.png
 
@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hivg.cli import run_main  # noqa: E402
-from hivg.errors import UserError  # noqa: E402
+from hivg.cli import run_main
+from hivg.errors import UserError
+from tools.browser import (browser_missing, chromium_driver, compare_runs_url,
+                           hide_mlflow_assistant, save_screenshot, wait_for_text)
+from tools.mlflow_server import mlflow_server
 
 SERVER_START_S = 120.0
 RENDER_TIMEOUT_S = 60.0
@@ -43,8 +43,6 @@ def main() -> int:
                    help="browser window WIDTHxHEIGHT (default 1600x1800: plot, names, params "
                         "and metrics in one picture)")
     args = p.parse_args()
-
-    from hivg.tracking.browser import browser_missing
 
     missing = browser_missing()
     if missing:
@@ -85,8 +83,6 @@ def _window(text: str) -> tuple[int, int]:
 @contextlib.contextmanager
 def _mlflow_server(backend_uri: str, workdir: Path) -> Iterator[str]:
     """`mlflow server` over `backend_uri` on 127.0.0.1; yields its URL."""
-    from hivg.tracking.server import mlflow_server
-
     with mlflow_server(backend_uri, workdir, timeout=SERVER_START_S) as (url, _process):
         yield url
 
@@ -123,9 +119,6 @@ def _pick_runs(url: str, experiment: str, names: list[str] | None,
 
 def _screenshot(url: str, experiment_id: str, run_ids: list[str], names: list[str],
                 out: Path, window: tuple[int, int], profile: Path) -> Path:
-    from hivg.tracking.browser import (chromium_driver, compare_runs_url,
-                                       hide_mlflow_assistant, save_screenshot, wait_for_text)
-
     driver = chromium_driver(profile, window_size=window)
     try:
         driver.get(compare_runs_url(url, run_ids, [experiment_id]))

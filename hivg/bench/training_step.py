@@ -1,0 +1,233 @@
+"""`benchmark.py --training-step`: one optimizer step (forward, loss, backward, AdamW) on random
+inputs at stage 0 and at the last HiLoRA stage, under both profiles (hivg.train.profile), the
+bare frozen backbone's step (DESIGN.md's anchor), inference and the input pipeline.
+
+Per row: images/s, step ms (median of the timed steps), peak memory (CUDA:
+max_memory_allocated per row; CPU: the process's RSS high-water mark, which only grows across
+rows), achieved TFLOP/s (torch's flop counter on one step / median step time) and, on CUDA
+only, MFU against a bf16 matmul peak measured in the same run. A table last, JSON written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from hivg.bench.inference import inference_rows
+from hivg.bench.input_pipeline import input_pipeline_rows
+from hivg.bench.timing import (bf16_matmul_peak_tflops, count_flops, peak_memory_mb,
+                               random_batch, sync_for, timed)
+from hivg.config import Config, load_preset
+from hivg.train.loop import autocast_context
+from hivg.train.profile import apply_profile, resolve_profile
+
+PROFILES = ("reference", "fast")
+
+
+def _settings(prof, find_unused: bool) -> dict[str, Any]:
+    return {"amp_dtype": prof.amp_dtype or "fp32", "attention": prof.attention,
+            "fused_adamw": prof.fused_adamw, "tf32": prof.tf32, "pin_memory": prof.pin_memory,
+            "find_unused": find_unused}
+
+
+def _row(step, batch: int, steps: int, warmup: int, device, peak_tflops: float | None
+         ) -> dict[str, Any]:
+    """Time `step` and count its FLOPs: the measured part of a row."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = timed(step, steps, warmup, sync_for(device))
+    flops = count_flops(step)
+    step_s = statistics.median(times)
+    tflops = flops / step_s / 1e12
+    return {"batch": batch, "images_per_s": batch / step_s, "step_ms": step_s * 1e3,
+            "peak_memory_mb": peak_memory_mb(device), "gflop_per_step": flops / 1e9,
+            "tflops": tflops, "mfu": tflops / peak_tflops if peak_tflops else None}
+
+
+def training_step_row(config: Config, stage_index: int, profile_name: str, batch: int,
+                      steps: int, warmup: int, device, peak_tflops: float | None
+                      ) -> dict[str, Any]:
+    """One HiVG training step at `stage_index` under `profile_name`."""
+    from hivg.losses import build_criterion
+    from hivg.model.build import build_model
+    from hivg.model.lora import apply_stage
+    from hivg.train.optim import build_optimizer
+
+    cfg = config.replace({"profile": profile_name})
+    prof = resolve_profile(cfg, device.type)
+    torch.manual_seed(0)
+    model = build_model(apply_profile(cfg, device.type))
+    apply_stage(model, cfg.hilora, stage_index)
+    model.to(device).train()
+    criterion = build_criterion(cfg.loss).to(device)
+    optimizer = build_optimizer(model, 1e-4, cfg.optim.weight_decay, fused=prof.fused_adamw)
+    g = torch.Generator().manual_seed(0)
+    host = random_batch(cfg, batch, g)
+    host["box"] = torch.rand(batch, 4, generator=g) * 0.4 + 0.3
+    if prof.pin_memory:
+        host = {k: v.pin_memory() for k, v in host.items()}
+
+    def step():
+        b = {k: v.to(device, non_blocking=prof.pin_memory) for k, v in host.items()}
+        with autocast_context(device, prof.torch_amp_dtype):
+            out = model(b["image"], b["pad_mask"], b["tokens"])
+            loss = criterion(out, b)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    stage = cfg.hilora.stages[stage_index]
+    return {"profile": profile_name, "stage": stage.name, "stage_index": stage_index,
+            **_row(step, batch, steps, warmup, device, peak_tflops),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "settings": _settings(prof, prof.find_unused)}
+
+
+def backbone_step_row(config: Config, profile_name: str, batch: int, steps: int, warmup: int,
+                      device, peak_tflops: float | None) -> dict[str, Any]:
+    """One training step of the bare open_clip towers, frozen (LoRA-like: the backward pass
+    runs through every activation, no weight gradients): a CLIP contrastive loss on the two
+    embeddings, and AdamW on one trainable input scale so the backward has somewhere to go."""
+    from torch.nn import functional as F
+
+    from hivg.model import backbone as bb
+
+    cfg = config.replace({"profile": profile_name})
+    prof = resolve_profile(cfg, device.type)
+    cfg = apply_profile(cfg, device.type)
+    torch.manual_seed(0)
+    clip = bb.create_clip(cfg.model.clip, prof.attention).to(device).train()
+    clip.requires_grad_(False)
+    scale = torch.nn.Parameter(torch.ones((), device=device))
+    optimizer = torch.optim.AdamW([scale], lr=1e-4, fused=prof.fused_adamw or None)
+    host = random_batch(cfg, batch, torch.Generator().manual_seed(0))
+
+    def step():
+        image = host["image"].to(device, non_blocking=prof.pin_memory)
+        tokens = host["tokens"].to(device, non_blocking=prof.pin_memory)
+        with autocast_context(device, prof.torch_amp_dtype):
+            img = F.normalize(bb.encode_image(clip, image * scale).float(), dim=-1)
+            txt = F.normalize(bb.encode_text(clip, tokens).float(), dim=-1)
+            logits = img @ txt.t() * 100
+            labels = torch.arange(batch, device=device)
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return {"profile": profile_name, "stage": "bare backbone (frozen)",
+            **_row(step, batch, steps, warmup, device, peak_tflops),
+            "settings": _settings(prof, False)}
+
+
+def run_training_step(preset: str | None, batch: int | None, steps: int, warmup: int,
+                      out: str, inference_batch: int | None = None,
+                      pipeline_images: int | None = None, compile_model: bool = False,
+                      inference_only: bool = False) -> None:
+    """Every row (tiny on CPU, hivg-b16 on CUDA by default), printed as tables, JSON in `out`."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    preset = preset or ("hivg-b16" if cuda else "tiny")
+    batch = batch or (64 if cuda else 8)
+    config = load_preset(preset).replace({"model.weights": None})
+    card = torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"
+    peak = bf16_matmul_peak_tflops(device) if cuda else None
+    print(f"training step: {preset}, batch {batch}, {warmup} warm-up + {steps} timed steps, "
+          f"{device.type} ({card}, {torch.get_num_threads()} threads)", flush=True)
+    if peak:
+        print(f"measured bf16 matmul peak: {peak:.1f} TFLOP/s", flush=True)
+    rows = [] if inference_only else _training_rows(config, batch, steps, warmup, device, peak)
+    inference = _timed_part("inference", lambda: inference_rows(
+        config, inference_batch or (256 if cuda else 32), steps, warmup, device, peak,
+        compile_model))
+    pipeline = [] if inference_only else _timed_part("input pipeline", lambda: (
+        input_pipeline_rows(config, pipeline_images or (512 if cuda else 128))))
+    result = {"benchmark": "training-step", "preset": preset, "device": device.type,
+              "card": card, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "batch": batch, "steps": steps, "warmup": warmup,
+              "bf16_matmul_peak_tflops": peak, "rows": rows, "inference": inference,
+              "input_pipeline": pipeline,
+              "notes": ("peak_memory_mb: " + ("torch.cuda.max_memory_allocated per row" if cuda
+                        else "process RSS high-water mark (getrusage), cumulative over rows")
+                        + "; mfu: " + ("vs the measured bf16 matmul peak" if cuda
+                                       else "not measured on CPU"))}
+    print()
+    if rows:
+        _print_training_table(rows)
+    _print_inference_table(inference, compile_model)
+    if pipeline:
+        last = config.hilora.stages[-1].name
+        fast_last = next(r for r in rows if (r["stage"], r["profile"]) == (last, "fast"))
+        _print_pipeline(pipeline, fast_last["images_per_s"], config.model.image_size)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"JSON: {out}" + ("" if cuda or inference_only else
+                           "  (CPU: no MFU; peak MB = process RSS high-water)"))
+
+
+def _timed_part(what: str, make):
+    t0 = time.perf_counter()
+    result = make()
+    print(f"  {what}: {time.perf_counter() - t0:.1f} s", flush=True)
+    return result
+
+
+def _training_rows(config: Config, batch: int, steps: int, warmup: int, device,
+                   peak: float | None) -> list[dict[str, Any]]:
+    """Stage 0 and the last stage under each profile, then the bare backbone's step."""
+    last = len(config.hilora.stages) - 1
+    rows = []
+    for k in sorted({0, last}):
+        for name in PROFILES:
+            rows.append(_timed_part(f"{name} {config.hilora.stages[k].name}", lambda: (
+                training_step_row(config, k, name, batch, steps, warmup, device, peak))))
+    for name in PROFILES:
+        rows.append(_timed_part(f"{name} bare backbone", lambda: (
+            backbone_step_row(config, name, batch, steps, warmup, device, peak))))
+    return rows
+
+
+def _print_training_table(rows: list[dict]) -> None:
+    by = {(r["stage"], r["profile"]): r for r in rows}
+    print(f"{'stage':<22} {'profile':<10} {'settings':<28} {'images/s':>9} {'step ms':>9} "
+          f"{'peak MB':>9} {'TFLOP/s':>8} {'MFU':>6} {'fast/ref':>8}")
+    for r in rows:
+        s = r["settings"]
+        settings = f"{s['amp_dtype']},{s['attention']}{',fusedAdamW' if s['fused_adamw'] else ''}"
+        ratio = r["images_per_s"] / by[(r["stage"], "reference")]["images_per_s"]
+        mfu = f"{r['mfu'] * 100:5.1f}%" if r["mfu"] is not None else "   n/a"
+        print(f"{r['stage']:<22} {r['profile']:<10} {settings:<28} {r['images_per_s']:9.1f} "
+              f"{r['step_ms']:9.1f} {r['peak_memory_mb']:9.0f} {r['tflops']:8.4f} {mfu:>6} "
+              f"{ratio:7.2f}x")
+    print()
+
+
+def _print_inference_table(inference: list[dict], compiled: bool) -> None:
+    s = inference[0]["settings"]
+    print(f"inference, auto profile ({s['amp_dtype']}, {s['attention']}"
+          f"{', compiled' if compiled else ''}):")
+    print(f"{'model':<12} {'mode':<38} {'median ms':>10} {'p99 ms':>8} {'images/s':>9} {'MFU':>6}")
+    for r in inference:
+        mfu = f"{r['mfu'] * 100:5.1f}%" if r.get("mfu") is not None else "   n/a"
+        print(f"{r['model']:<12} {r['mode']:<38} {r['median_ms']:10.2f} {r['p99_ms']:8.2f} "
+              f"{r['images_per_s']:9.1f} {mfu:>6}")
+    print()
+
+
+def _print_pipeline(pipeline: list[dict], fast_last: float, canvas: int) -> None:
+    """Per layout: images/s per loader worker, and the workers the fast last-stage step needs
+    (recorded in its row)."""
+    print(f"input pipeline (decode + letterbox + training augmentations, 640x480 JPEGs, "
+          f"canvas {canvas}):")
+    for r in pipeline:
+        need = math.ceil(fast_last / r["images_per_s_per_worker"])
+        r["workers_for_fast_last_stage"] = need
+        print(f"  {r['layout']:<18} {r['images_per_s_per_worker']:8.1f} images/s per worker; "
+              f"the fast last-stage step ({fast_last:.0f} images/s) needs {need} worker(s)")
