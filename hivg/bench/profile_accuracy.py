@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hivg.cli import with_storage_defaults
 from hivg.config import load_preset
-from hivg.run_folder import SELECTION_METRIC
+from hivg.run_folder import SELECTION_METRIC, acc50
 
 
 def run_profile_accuracy(storage: str, train_samples: int, epochs: int, out: str,
@@ -40,19 +40,19 @@ def run_profile_accuracy(storage: str, train_samples: int, epochs: int, out: str
         summary = run_training(base.replace({"profile": profile}), storage_path, run_dir,
                                tracking=TrackingOptions(enabled=False), show_progress=False,
                                log=lambda _m: None)
-        rows.append({"profile": profile, "test/acc50": summary["splits"]["test"]["acc50"],
-                     "val/acc50": summary["best"][SELECTION_METRIC],
+        rows.append({"profile": profile, acc50("test"): summary["splits"]["test"]["acc50"],
+                     acc50("val"): summary["best"][SELECTION_METRIC],
                      "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir)})
-        print(f"  {profile}: test acc50 {rows[-1]['test/acc50']:.4f} "
+        print(f"  {profile}: test acc50 {rows[-1][acc50('test')]:.4f} "
               f"({rows[-1]['wall_time_s']:.0f}s)", flush=True)
-    delta = rows[1]["test/acc50"] - rows[0]["test/acc50"]
+    delta = rows[1][acc50("test")] - rows[0][acc50("test")]
     result = {"device": device, "train_samples": train_samples, "epochs": epochs,
               "seed": base.seed, "rows": rows, "fast_minus_reference": delta,
               "within_1_point": abs(delta) <= 0.01}
     Path(out).write_text(json.dumps(result, indent=2))
     print(f"{'profile':<10} {'val acc50':>9} {'test acc50':>10} {'wall s':>7}")
     for r in rows:
-        print(f"{r['profile']:<10} {r['val/acc50']:9.4f} {r['test/acc50']:10.4f} "
+        print(f"{r['profile']:<10} {r[acc50('val')]:9.4f} {r[acc50('test')]:10.4f} "
               f"{r['wall_time_s']:7.0f}")
     print(f"fast - reference: {100 * delta:+.1f} points of test acc50 on {device} "
           f"(target: within 1 point: {'met' if abs(delta) <= 0.01 else 'not met'}); JSON: {out}")

@@ -31,12 +31,13 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from hivg.errors import UserError
+from hivg.run_folder import CHECKPOINTS, LAST, SUMMARY
 
 SCHEME = "s3://"
 MIRROR_ENV = "HIVG_MIRROR_DIR"
 SYNC_MANIFEST = ".hivg-sync.json"
 # Pushed after everything else: a run is resumable from whatever the bucket holds.
-PUSH_LAST = ("checkpoints/last.pt", "summary.json")
+PUSH_LAST = (f"{CHECKPOINTS}/{LAST}", SUMMARY)
 # (URI, endpoint) pairs this process has checked: the pipeline checks before it prepares
 # data, run_training again for every other caller; one round trip is enough.
 _CHECKED: set[tuple[str, str]] = set()

@@ -115,47 +115,23 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
     (`name` may have several parts: a study's trials sit in `{study}/trials/{key}`); the run
     folder is pushed to `{storage}/{name}/` after every epoch and at the end (hivg.
     orchestration.remote_storage), and pulled first on resume."""
-    from hivg.orchestration.remote_storage import RunFolderSync, SyncHooks, open_storage
-
-    remote = open_storage(storage)
-    sync = None
-    if remote:
-        remote.check()  # a bad bucket, endpoint or missing credentials: one line, exit 2
-        if remote.mirror not in Path(run_dir).resolve().parents:
-            raise ValueError(f"run_dir {run_dir}: with S3 storage it must sit in the mirror "
-                             f"{remote.mirror}")
-        sync = RunFolderSync(remote, Path(run_dir).resolve().relative_to(remote.mirror)
-                             .as_posix())
+    sync = _sync_for(storage, run_dir)
     tracking = tracking or TrackingOptions()
-    on_ray = resources.on_workers
-    if on_ray:
-        import ray
-
-        from hivg.orchestration import ray_train
-
-        ray_train.connect(address, num_cpus=None if address else max(2, resources.cpus) + 1,
-                          log=log)
-        check_run_fits(resources, ray.cluster_resources())
-        ray_train.check_shared_storage(storage)
-    if tracking.enabled:  # an unreachable server fails before anything is written
-        from hivg.tracking import check_reachable, resolve_tracking_uri
-
-        check_reachable(resolve_tracking_uri(tracking.uri, str(storage)))
+    _check_services(storage, resources, address, tracking, log)
     if sync:
         prepare_remote_run_folder(config, sync, resume)
     else:
         RunFolder(Path(run_dir)).prepare(config.to_yaml(), resume)
-    world = max(resources.workers, 1)
     device_type = "cuda" if resources.use_gpu or config.device.startswith("cuda") \
-        else ("cpu" if config.device == "cpu" or on_ray else _local_device_type(config))
-    tracker, uri = start_tracker(config, storage, run_dir, tracking, world, device_type,
-                                 run_url=sync.url if sync else None)
+        else ("cpu" if config.device == "cpu" or resources.on_workers
+              else _local_device_type(config))
+    tracker, uri = start_tracker(config, storage, run_dir, tracking, max(resources.workers, 1),
+                                 device_type, run_url=sync.url if sync else None)
     if uri:
         log(f"mlflow: {uri} (experiment {tracking.experiment or config.preset}, run "
             f"{mlflow_run_name(config)})")
-
     with _lifecycle(tracker):
-        if on_ray:
+        if resources.on_workers:
             from hivg.orchestration import ray_train
 
             summary = ray_train.train_on_ray(config, run_dir, resources,
@@ -165,20 +141,63 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
                                              ray_storage=_ray_storage(storage),
                                              callbacks=ray_callbacks, sync=sync)
         else:
-            from hivg.train.fit import fit
-            from hivg.train.hooks import TrainHooks
-
-            if sync:
-                hooks = SyncHooks(hooks or TrainHooks(), sync)
-            summary = fit(config, run_dir, hooks=hooks, tracker=tracker, resume=True,
-                          show_progress=show_progress, log=log, stage_cache=stage_cache)
-            if sync:
-                sync.push()  # summary, predictions, best.pt
+            summary = _train_here(config, run_dir, hooks, tracker, sync, show_progress, log,
+                                  stage_cache)
         log_run_artifacts(tracker, RunFolder(Path(run_dir)), tracking.log_model)
     if uri:
         from hivg.tracking import ui_command
 
         summary["mlflow_ui"] = ui_command(uri)
+    return summary
+
+
+def _sync_for(storage: str | Path, run_dir: Path):
+    """The run folder's RunFolderSync with S3 storage (the bucket checked first), else None."""
+    from hivg.orchestration.remote_storage import RunFolderSync, open_storage
+
+    remote = open_storage(storage)
+    if remote is None:
+        return None
+    remote.check()  # a bad bucket, endpoint or missing credentials: one line, exit 2
+    if remote.mirror not in Path(run_dir).resolve().parents:
+        raise ValueError(f"run_dir {run_dir}: with S3 storage it must sit in the mirror "
+                         f"{remote.mirror}")
+    return RunFolderSync(remote, Path(run_dir).resolve().relative_to(remote.mirror).as_posix())
+
+
+def _check_services(storage: str | Path, resources: Resources, address: str | None,
+                    tracking: TrackingOptions, log: Callable[[str], None]) -> None:
+    """Ray (when the run has workers: the cluster holds them and shares the storage) and the
+    MLflow server answer, before anything is written."""
+    if resources.on_workers:
+        import ray
+
+        from hivg.orchestration import ray_train
+
+        ray_train.connect(address, num_cpus=None if address else max(2, resources.cpus) + 1,
+                          log=log)
+        check_run_fits(resources, ray.cluster_resources())
+        ray_train.check_shared_storage(storage)
+    if tracking.enabled:
+        from hivg.tracking import check_reachable, resolve_tracking_uri
+
+        check_reachable(resolve_tracking_uri(tracking.uri, str(storage)))
+
+
+def _train_here(config: Config, run_dir: Path, hooks: Any, tracker, sync, show_progress: bool,
+                log: Callable[[str], None], stage_cache: Any) -> dict[str, Any]:
+    """fit() in this process; with S3 storage the run folder is pushed every epoch and at
+    the end."""
+    from hivg.orchestration.remote_storage import SyncHooks
+    from hivg.train.fit import fit
+    from hivg.train.hooks import TrainHooks
+
+    if sync:
+        hooks = SyncHooks(hooks or TrainHooks(), sync)
+    summary = fit(config, run_dir, hooks=hooks, tracker=tracker, resume=True,
+                  show_progress=show_progress, log=log, stage_cache=stage_cache)
+    if sync:
+        sync.push()  # summary, predictions, best.pt
     return summary
 
 

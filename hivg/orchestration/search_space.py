@@ -206,6 +206,39 @@ def load_study(path: str | Path) -> Study:
     """Read and validate a study file (see the module docstring). Raises UserError."""
     path = Path(path)
     where = str(path)
+    text, data = _read(where, path)
+    is_space = "space" in data
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not _NAME.match(name):
+        _fail(where, f"name: expected letters, digits and . _ + - only, got {name!r}")
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        _fail(where, f"description: expected a string, got {description!r}")
+    base, overrides = _base_with_overrides(where, path, data)
+    metric = data.get("metric", SELECTION_METRIC)
+    if metric not in EPOCH_METRICS:
+        _fail(where, f"metric: expected a validation metric starting with 'val/' that the "
+                     f"trainer reports every epoch ({', '.join(EPOCH_METRICS)}; test splits "
+                     f"never reach the searcher), got {metric!r}")
+    mode = data.get("mode", "max")
+    if mode not in ("max", "min"):
+        _fail(where, f"mode: expected max or min, got {mode!r}")
+    num_samples, scheduler = _search_settings(where, data, is_space)
+    study = Study(name=name, path=path, text=text, base=base,
+                  datasets=_datasets(where, data.get("datasets", [base.data.dataset])),
+                  metric=metric, mode=mode, seeds=_seeds(where, data.get("seeds", [13])),
+                  num_samples=num_samples, resources=_resources(where, data.get("resources") or {}),
+                  scheduler=scheduler, base_ref=str(data["base"]), overrides=overrides,
+                  description=description)
+    if is_space:
+        study.space = _space(where, base, data["space"])
+    else:
+        study.variants = _variants(where, base, data["variants"])
+    return study
+
+
+def _read(where: str, path: Path) -> tuple[str, dict[str, Any]]:
+    """The file's text and its mapping: known top-level keys, exactly one of space/variants."""
     if not path.is_file():
         _fail(where, "study file not found")
     text = path.read_text()
@@ -223,63 +256,40 @@ def load_study(path: str | Path) -> Study:
         got = "both" if "space" in data else "neither"
         _fail(where, f"space/variants: expected exactly one of space: (a search) or variants: "
                      f"(an ablation), got {got}")
-    is_space = "space" in data
+    return text, data
 
-    name = data.get("name", path.stem)
-    if not isinstance(name, str) or not _NAME.match(name):
-        _fail(where, f"name: expected letters, digits and . _ + - only, got {name!r}")
-    description = data.get("description") or ""
-    if not isinstance(description, str):
-        _fail(where, f"description: expected a string, got {description!r}")
 
+def _base_with_overrides(where: str, path: Path, data: dict[str, Any]
+                         ) -> tuple[Config, dict[str, Any]]:
+    """`base:` with the file's `overrides:` applied (a valid config), and those overrides."""
     if "base" not in data:
         _fail(where, f"base: missing (expected a preset name ({', '.join(preset_names())}) or a "
                      "config YAML path relative to this file)")
-    base_ref = data["base"]
-    base = _load_base(where, path, base_ref)
+    base = _load_base(where, path, data["base"])
     overrides = _mapping(where, "overrides", data.get("overrides") or {})
     for key in overrides:
         _check_key(where, "overrides", base, key)
     try:
-        base = _valid(apply_overrides(base, overrides))
+        return _valid(apply_overrides(base, overrides)), overrides
     except ConfigError as e:
         _fail(where, f"overrides: the base with these overrides is not a valid config ({e})")
 
-    datasets = _datasets(where, data.get("datasets", [base.data.dataset]))
-    metric = data.get("metric", SELECTION_METRIC)
-    if metric not in EPOCH_METRICS:
-        _fail(where, f"metric: expected a validation metric starting with 'val/' that the "
-                     f"trainer reports every epoch ({', '.join(EPOCH_METRICS)}; test splits "
-                     f"never reach the searcher), got {metric!r}")
-    mode = data.get("mode", "max")
-    if mode not in ("max", "min"):
-        _fail(where, f"mode: expected max or min, got {mode!r}")
-    seeds = _seeds(where, data.get("seeds", [13]))
-    resources = _resources(where, data.get("resources") or {})
 
+def _search_settings(where: str, data: dict[str, Any], is_space: bool
+                     ) -> tuple[Optional[int], Optional[dict[str, Any]]]:
+    """(num_samples, scheduler): a space's (defaults as documented); none for variants."""
     if is_space:
         num_samples = data.get("num_samples", DEFAULT_NUM_SAMPLES)
         if not _is_int(num_samples) or num_samples < 1:
             _fail(where, f"num_samples: expected an integer >= 1, got {num_samples!r}")
-        scheduler = _scheduler(where, data.get("scheduler", dict(DEFAULT_SCHEDULER)))
-    else:
-        if "num_samples" in data:
-            _fail(where, "num_samples: only for a space (a variants study runs every variant x "
-                         "dataset x seed)")
-        if data.get("scheduler") not in (None, "none"):
-            _fail(where, f"scheduler: expected none for variants (every variant runs to the end), "
-                         f"got {data['scheduler']!r}")
-        num_samples, scheduler = None, None
-
-    study = Study(name=name, path=path, text=text, base=base, datasets=datasets, metric=metric,
-                  mode=mode, seeds=seeds, num_samples=num_samples, resources=resources,
-                  scheduler=scheduler, base_ref=str(base_ref), overrides=overrides,
-                  description=description)
-    if is_space:
-        study.space = _space(where, base, data["space"])
-    else:
-        study.variants = _variants(where, base, data["variants"])
-    return study
+        return num_samples, _scheduler(where, data.get("scheduler", dict(DEFAULT_SCHEDULER)))
+    if "num_samples" in data:
+        _fail(where, "num_samples: only for a space (a variants study runs every variant x "
+                     "dataset x seed)")
+    if data.get("scheduler") not in (None, "none"):
+        _fail(where, f"scheduler: expected none for variants (every variant runs to the end), "
+                     f"got {data['scheduler']!r}")
+    return None, None
 
 
 def sample_space(study: Study, trial: Any) -> dict[str, Any]:
