@@ -140,8 +140,6 @@ def plot_learning_curves(table: ReportTable, path: Path, metric: str = SELECTION
                          ) -> Optional[Path]:
     """Per dataset: `metric` vs global epoch, stage boundaries dashed. Variants: mean over
     seeds with the min-max band; a search space: one line per trial (early stops end early)."""
-    import matplotlib
-
     study = table.study
     datasets = [d for d in study.datasets
                 if any(t.metrics for t in study.all_trials if t.dataset == d)]
@@ -151,60 +149,13 @@ def plot_learning_curves(table: ReportTable, path: Path, metric: str = SELECTION
     fig = _figure(max(5.6 * ncols, 7.5), 3.6 * nrows + 0.9)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     space = study.kind == "space"
-    variants = study.variants if not space else list(dict.fromkeys(
-        t.variant for t in study.all_trials))
-    colors = dict(zip(variants, _colors(len(variants))))
     legend_items: dict[str, Any] = {}
     for ax, dataset in zip(axes.flat, datasets):
-        ref_bounds: list[tuple[float, str]] = []
         if space:
-            trials = [t for t in study.all_trials if t.dataset == dataset and t.metrics]
-            scores = [t.best_value(metric, study.mode) for t in trials]
-            scores = [None if s is None else 100 * s for s in scores]
-            finite = [s for s in scores if s is not None]
-            norm = matplotlib.colors.Normalize(min(finite, default=0), max(finite, default=1))
-            cmap = matplotlib.colormaps["viridis"]
-            for t, s in zip(trials, scores):
-                x, mean, _, _ = _curve([t], metric)
-                ax.plot(x, mean, color=cmap(norm(s if s is not None else 0)), linewidth=1,
-                        alpha=0.8)
-            if trials:
-                ref_bounds = _stage_bounds(max(trials, key=lambda t: len(t.metrics)))
-            from matplotlib.cm import ScalarMappable
-
-            bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, pad=0.01)
-            bar.set_label(f"best {metric} (%)", fontsize=8)
+            bounds = _trial_curves(fig, ax, study, dataset, metric)
         else:
-            for i, variant in enumerate(variants):
-                trials = [t for t in study.all_trials
-                          if t.variant == variant and t.dataset == dataset and t.metrics]
-                if not trials:
-                    continue
-                x, mean, low, high = _curve(trials, metric)
-                (line,) = ax.plot(x, mean, color=colors[variant], linewidth=1.4,
-                                  linestyle=LINESTYLES[i % len(LINESTYLES)],
-                                  marker="o" if len(x) < 30 else None, markersize=2.5)
-                if len(trials) > 1:
-                    ax.fill_between(x, low, high, color=colors[variant], alpha=0.15,
-                                    linewidth=0)
-                legend_items.setdefault(variant, line)
-                bounds = _stage_bounds(trials[0])
-                if variant == study.baseline:
-                    ref_bounds = bounds
-                elif bounds != _stage_bounds(next(
-                        (t for t in study.all_trials if t.variant == study.baseline and
-                         t.dataset == dataset and t.metrics), trials[0])):
-                    for b, _ in bounds:  # another schedule: its boundaries in its colour
-                        ax.axvline(b, color=colors[variant], linestyle=":", linewidth=1)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        lo, hi = ax.get_xlim()
-        for b, name in ref_bounds:
-            ax.axvline(b, color="0.35", linestyle="--", linewidth=0.8)
-            right = (b - lo) / ((hi - lo) or 1) > 0.8  # near the right edge: label on the left
-            ax.text(b, 0.99, f" {name} " if right else f" {name}",
-                    transform=ax.get_xaxis_transform(), fontsize=7, va="top",
-                    ha="right" if right else "left", color="0.3",
-                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.3})
+            bounds = _variant_curves(ax, study, dataset, metric, legend_items)
+        _draw_stage_starts(ax, bounds)
         ax.set_title(dataset, pad=4)
         ax.set_xlabel("global epoch")
         ax.set_ylabel(f"{metric} (%)")
@@ -222,6 +173,71 @@ def plot_learning_curves(table: ReportTable, path: Path, metric: str = SELECTION
                  fontsize=10)
     fig.savefig(path)
     return path
+
+
+def _trial_curves(fig, ax, study: StudyResults, dataset: str, metric: str
+                  ) -> list[tuple[float, str]]:
+    """A search space: one line per trial, coloured by its best value (a colour bar beside);
+    returns the stage starts of its longest trial."""
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+
+    trials = [t for t in study.all_trials if t.dataset == dataset and t.metrics]
+    scores = [t.best_value(metric, study.mode) for t in trials]
+    scores = [None if s is None else 100 * s for s in scores]
+    finite = [s for s in scores if s is not None]
+    norm = matplotlib.colors.Normalize(min(finite, default=0), max(finite, default=1))
+    cmap = matplotlib.colormaps["viridis"]
+    for t, s in zip(trials, scores):
+        x, mean, _, _ = _curve([t], metric)
+        ax.plot(x, mean, color=cmap(norm(s if s is not None else 0)), linewidth=1, alpha=0.8)
+    bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, pad=0.01)
+    bar.set_label(f"best {metric} (%)", fontsize=8)
+    return _stage_bounds(max(trials, key=lambda t: len(t.metrics))) if trials else []
+
+
+def _variant_curves(ax, study: StudyResults, dataset: str, metric: str,
+                    legend_items: dict[str, Any]) -> list[tuple[float, str]]:
+    """Variants: the mean over seeds with its min-max band, one style per variant; a variant
+    with another stage schedule than the baseline's draws its own starts dotted. Returns the
+    baseline's stage starts."""
+    colors = dict(zip(study.variants, _colors(len(study.variants))))
+
+    def runs(variant: str) -> list[Trial]:
+        return [t for t in study.all_trials
+                if t.variant == variant and t.dataset == dataset and t.metrics]
+
+    baseline_runs = runs(study.baseline) if study.baseline else []
+    reference = _stage_bounds(baseline_runs[0]) if baseline_runs else None
+    for i, variant in enumerate(study.variants):
+        trials = runs(variant)
+        if not trials:
+            continue
+        x, mean, low, high = _curve(trials, metric)
+        (line,) = ax.plot(x, mean, color=colors[variant], linewidth=1.4,
+                          linestyle=LINESTYLES[i % len(LINESTYLES)],
+                          marker="o" if len(x) < 30 else None, markersize=2.5)
+        if len(trials) > 1:
+            ax.fill_between(x, low, high, color=colors[variant], alpha=0.15, linewidth=0)
+        legend_items.setdefault(variant, line)
+        bounds = _stage_bounds(trials[0])
+        if reference is not None and bounds != reference:
+            for b, _ in bounds:  # another schedule: its boundaries in its colour
+                ax.axvline(b, color=colors[variant], linestyle=":", linewidth=1)
+    return reference or []
+
+
+def _draw_stage_starts(ax, bounds: list[tuple[float, str]]) -> None:
+    """Grey dashed lines where stages start, each named (left of it near the right edge)."""
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    lo, hi = ax.get_xlim()
+    for b, name in bounds:
+        ax.axvline(b, color="0.35", linestyle="--", linewidth=0.8)
+        right = (b - lo) / ((hi - lo) or 1) > 0.8
+        ax.text(b, 0.99, f" {name} " if right else f" {name}",
+                transform=ax.get_xaxis_transform(), fontsize=7, va="top",
+                ha="right" if right else "left", color="0.3",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.3})
 
 
 def plot_pareto(study: StudyResults, path: Path) -> Optional[Path]:
@@ -319,31 +335,9 @@ def plot_parallel_coordinates(study: StudyResults, path: Path) -> Optional[Path]
     for ax, dataset in zip(axes, datasets):
         group = [t for t in trials if t.dataset == dataset]
         scores = np.array([100 * t.best_value(study.metric, study.mode) for t in group])
-        columns, ticks = [], []
-        for key in keys:
-            values = [t.config_value(key) for t in group]
-            kind = next(iter(space.get(key) or {"choice": None}))
-            numeric = kind in ("uniform", "loguniform", "int") and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-            if numeric:
-                v = np.array(values, dtype=float)
-                log = kind == "loguniform" and (v > 0).all()
-                tv = np.log10(v) if log else v
-                lo, hi = float(tv.min()), float(tv.max())
-                span = hi - lo or 1.0
-                columns.append((tv - lo) / span if hi > lo else np.full(len(v), 0.5))
-                tick_vals = np.linspace(lo, hi, 3) if hi > lo else np.array([lo])
-                ticks.append([((t - lo) / span if hi > lo else 0.5,
-                               _num(10 ** t if log else t)) for t in tick_vals])
-            else:
-                labels = [value_label(v) for v in values]
-                declared = [value_label(v) for v in ((space.get(key) or {}).get(kind) or [])
-                            ] if kind in ("choice", "grid") else []
-                cats = [c for c in dict.fromkeys(declared + sorted(set(labels))) if c in labels]
-                pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5)
-                       for i, c in enumerate(cats)}
-                columns.append(np.array([pos[c] for c in labels]))
-                ticks.append([(pos[c], c) for c in cats])
+        axes_ = [_axis(key, [t.config_value(key) for t in group], space.get(key) or {})
+                 for key in keys]
+        columns, ticks = [c for c, _ in axes_], [t for _, t in axes_]
         lo, hi = float(scores.min()), float(scores.max())
         columns.append((scores - lo) / (hi - lo) if hi > lo else np.full(len(scores), 0.5))
         ticks.append([(0.0, f"{lo:.1f}"), (1.0, f"{hi:.1f}")] if hi > lo else
@@ -374,6 +368,32 @@ def plot_parallel_coordinates(study: StudyResults, path: Path) -> Optional[Path]
     fig.suptitle(f"{study.name}: searched values (best {study.metric} per trial)", fontsize=10)
     fig.savefig(path)
     return path
+
+
+def _axis(key: str, values: list[Any], domain: dict[str, Any]
+          ) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """One searched key as a parallel-coordinates axis: each trial's position in [0, 1] and
+    the ticks. Numeric domains are scaled (log for loguniform); others are categories, in
+    the order the study declared them."""
+    kind = next(iter(domain or {"choice": None}))
+    numeric = kind in ("uniform", "loguniform", "int") and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        v = np.array(values, dtype=float)
+        log = kind == "loguniform" and (v > 0).all()
+        tv = np.log10(v) if log else v
+        lo, hi = float(tv.min()), float(tv.max())
+        span = hi - lo or 1.0
+        tick_vals = np.linspace(lo, hi, 3) if hi > lo else np.array([lo])
+        return ((tv - lo) / span if hi > lo else np.full(len(v), 0.5),
+                [((t - lo) / span if hi > lo else 0.5, _num(10 ** t if log else t))
+                 for t in tick_vals])
+    labels = [value_label(v) for v in values]
+    declared = [value_label(v) for v in (domain.get(kind) or [])] \
+        if kind in ("choice", "grid") else []
+    cats = [c for c in dict.fromkeys(declared + sorted(set(labels))) if c in labels]
+    pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+    return np.array([pos[c] for c in labels]), [(pos[c], c) for c in cats]
 
 
 def _num(x: float) -> str:
