@@ -588,21 +588,28 @@ def apply_overrides(config: Config, overrides: dict[str, Any] | list[str]) -> Co
     return Config.from_dict(tree)
 
 
-def field_help(cls: type = Config, prefix: str = "") -> dict[str, str]:
-    """Every leaf key of the schema and its help text (a stage's fields as
-    hilora.stages.NAME.field)."""
-    out: dict[str, str] = {}
+def field_reference(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) of every leaf of the schema, in order; a stage's fields as
+    hilora.stages.NAME.field; the default of a field a preset decides is "(preset)"."""
+    out: list[tuple[str, str, str]] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key, tp = f"{prefix}{f.name}", hints[f.name]
         inner = (typing.get_args(tp) or (None,))[0] if typing.get_origin(tp) is list else None
         if dataclasses.is_dataclass(tp):
-            out.update(field_help(tp, key + "."))
+            out += field_reference(tp, key + ".")
         elif dataclasses.is_dataclass(inner):
-            out.update(field_help(inner, key + ".NAME."))
+            out += field_reference(inner, key + ".NAME.")
         else:
-            out[key] = f.metadata.get("help", "")
+            default = "(preset)" if f.default is dataclasses.MISSING else \
+                yaml.safe_dump(f.default, default_flow_style=True).strip().removesuffix("...")
+            out.append((key, default.strip(), f.metadata.get("help", "")))
     return out
+
+
+def field_help() -> dict[str, str]:
+    """Every leaf key of the schema and its help text."""
+    return {key: text for key, _, text in field_reference()}
 
 
 # ----------------------------------------------------------------------------- presets & files

@@ -1,4 +1,6 @@
 """Config: round trips, overrides, and one-line errors naming the key (table-driven)."""
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -139,3 +141,11 @@ def test_presets_are_the_one_source_of_a_models_values(tmp_path):
     del tiny["model"]["bridge"]["vision_layers"]
     with pytest.raises(ConfigError, match=r"^model.bridge.vision_layers: missing"):
         Config.from_dict(tiny)
+
+
+def test_the_config_reference_in_docs_is_current():
+    from tools.config_reference import reference
+
+    repo = Path(__file__).resolve().parents[1]
+    assert (repo / "docs" / "config.md").read_text() == reference(), \
+        "regenerate: python -m tools.config_reference > docs/config.md"
