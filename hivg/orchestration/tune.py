@@ -31,7 +31,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,7 +63,6 @@ class StudyOptions:
     search_seed: int = 0
     grid: bool = False                      # spaces: the full grid instead of TPE
     scheduler: bool | None = None           # None: the study file's choice
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def safe_name(text: str) -> str:
