@@ -37,9 +37,16 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+def _panels(n: int, max_cols: int, size) -> tuple[Any, list]:
+    """A figure with one panel per item, at most `max_cols` a row, spare panels hidden;
+    `size(rows, cols)` gives its (width, height) in inches."""
     cols = min(n, max_cols)
-    return (n + cols - 1) // cols, cols
+    rows = (n + cols - 1) // cols
+    fig = _figure(*size(rows, cols))
+    panels = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in panels[n:]:
+        ax.set_visible(False)
+    return fig, panels[:n]
 
 
 def short_key(key: str) -> str:
@@ -56,12 +63,10 @@ def plot_bars(table: ReportTable, path: Path) -> Optional[Path]:
     if not rows or not table.columns:
         return None
     datasets = study.datasets
-    nrows, ncols = _grid(len(datasets))
-    fig = _figure(4.2 * ncols + 0.6, 3.3 * nrows + 0.7)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes = _panels(len(datasets), 3, lambda r, c: (4.2 * c + 0.6, 3.3 * r + 0.7))
     colors = _colors(len(rows))
     width = 0.8 / len(rows)
-    for ax, dataset in zip(axes.flat, datasets):
+    for ax, dataset in zip(axes, datasets):
         splits = study.splits(dataset)
         x = np.arange(len(splits))
         top = 0.0
@@ -87,9 +92,7 @@ def plot_bars(table: ReportTable, path: Path) -> Optional[Path]:
         ax.set_ylabel("acc50 (%)")
         ax.set_ylim(0, min(100, max(top * 1.12, 1)))
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(datasets):]:
-        ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    handles, labels = axes[0].get_legend_handles_labels()
     if "paper" in labels:  # the paper's line last, after the variants
         i = labels.index("paper")
         handles, labels = handles[:i] + handles[i + 1:] + [handles[i]], \
@@ -145,12 +148,10 @@ def plot_learning_curves(table: ReportTable, path: Path, metric: str = SELECTION
                 if any(t.metrics for t in study.all_trials if t.dataset == d)]
     if not datasets:
         return None
-    nrows, ncols = _grid(len(datasets), 2)
-    fig = _figure(max(5.6 * ncols, 7.5), 3.6 * nrows + 0.9)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes = _panels(len(datasets), 2, lambda r, c: (max(5.6 * c, 7.5), 3.6 * r + 0.9))
     space = study.kind == "space"
     legend_items: dict[str, Any] = {}
-    for ax, dataset in zip(axes.flat, datasets):
+    for ax, dataset in zip(axes, datasets):
         if space:
             bounds = _trial_curves(fig, ax, study, dataset, metric)
         else:
@@ -161,8 +162,6 @@ def plot_learning_curves(table: ReportTable, path: Path, metric: str = SELECTION
         ax.set_ylabel(f"{metric} (%)")
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
-    for ax in list(axes.flat)[len(datasets):]:
-        ax.set_visible(False)
     if legend_items:
         labels = list(legend_items)
         fig.legend([legend_items[k] for k in labels], labels, loc="outside lower center",
@@ -246,11 +245,9 @@ def plot_pareto(study: StudyResults, path: Path) -> Optional[Path]:
     datasets = [d for d in study.datasets if compute_cost(study, d)]
     if not datasets:
         return None
-    nrows, ncols = _grid(len(datasets), 3)
-    fig = _figure(max(4.8 * ncols, 6.5), 3.8 * nrows + 0.4)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes = _panels(len(datasets), 3, lambda r, c: (max(4.8 * c, 6.5), 3.8 * r + 0.4))
     colors = dict(zip(study.variants, _colors(len(study.variants))))
-    for ax, dataset in zip(axes.flat, datasets):
+    for ax, dataset in zip(axes, datasets):
         rows = [r for r in compute_cost(study, dataset) if r.acc is not None]
         rows = rows[:MAX_BAR_ROWS * 2] if study.kind == "space" else rows
         if not rows:
@@ -280,8 +277,6 @@ def plot_pareto(study: StudyResults, path: Path) -> Optional[Path]:
             named = set(front) | set(np.argsort(-ys)[:3].tolist())
         _label_points(ax, xs, ys, [r.variant if i in named else None
                                    for i, r in enumerate(rows)])
-    for ax in list(axes.flat)[len(datasets):]:
-        ax.set_visible(False)
     fig.suptitle(f"{study.name}: accuracy vs cost (dashed: Pareto front)", fontsize=10)
     fig.savefig(path)
     return path
@@ -417,11 +412,9 @@ def plot_history(study: StudyResults, path: Path) -> Optional[Path]:
     if not trials:
         return None
     datasets = list(dict.fromkeys(t.dataset for t in trials))
-    nrows, ncols = _grid(len(datasets), 2)
-    fig = _figure(5.4 * ncols, 3.6 * nrows + 0.3)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes = _panels(len(datasets), 2, lambda r, c: (5.4 * c, 3.6 * r + 0.3))
     pick = max if study.mode == "max" else min
-    for ax, dataset in zip(axes.flat, datasets):
+    for ax, dataset in zip(axes, datasets):
         group = [t for t in trials if t.dataset == dataset]
         x = np.array([n if n < 1 << 30 else i
                       for i, (n, _) in enumerate(trial_order(t.variant) for t in group)])
@@ -439,8 +432,6 @@ def plot_history(study: StudyResults, path: Path) -> Optional[Path]:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=7, loc="lower right")
-    for ax in list(axes.flat)[len(datasets):]:
-        ax.set_visible(False)
     epochs = sum(t.epochs for t in study.all_trials)
     fig.suptitle(f"{study.name}: optimisation history ({len(trials)} trials, "
                  f"{epochs} epochs in all)", fontsize=10)
