@@ -166,7 +166,7 @@ def main() -> int:
     from hivg.data.manifest import dataset_dir, list_splits
     from hivg.data.prepare import ensure_synthetic
     from hivg.model import backbone as bb
-    from hivg.model.convert import load_clip_state_dict, load_into_clip
+    from hivg.model.weights import load_weights
     from hivg.train.pretrain import resolve_weights
 
     torch.manual_seed(args.seed)
@@ -175,8 +175,7 @@ def main() -> int:
     config = resolve_weights(config, storage, log=print)
     m = config.model
     clip = bb.create_clip(m.clip)
-    if m.weights:
-        load_into_clip(clip, load_clip_state_dict(m.weights, m.weights_format), source=m.weights)
+    load_weights(clip, m.weights, m.clip, m.weights_format, log=print)
     clip.eval()
     size, grid = bb.image_size(clip), bb.image_size(clip) // bb.patch_size(clip)
     folder = dataset_dir(config.data.data_dir, "synthetic")

@@ -1,7 +1,8 @@
 """Train HiVG through every HiLoRA stage.
 
     python pipelines/train.py                         # tiny model on the synthetic benchmark
-    python pipelines/train.py --config hivg/configs/hivg-b16.yaml model.weights=PATH data.dataset=refcoco
+    python pipelines/train.py --config hivg/configs/hivg-b16.yaml data.dataset=refcoco   # from OpenAI's CLIP
+    python pipelines/train.py --preset hivg-b16 model.weights=PATH data.dataset=refcoco   # docs/weights.md
     python pipelines/train.py --name my-run --resume  # continue an interrupted run
     python pipelines/train.py --workers 2             # the same run on 2 Ray Train workers
     python pipelines/train.py --workers 8 --gpus-per-worker 1 --address auto --storage /shared/runs
@@ -71,7 +72,7 @@ def main() -> int:
 
     if config.data.dataset == "synthetic" and not list_splits(config.data.data_dir, "synthetic"):
         ensure_synthetic(storage, seed=0, log=print)
-    preflight(config)  # a bad config fails here, before data or weights are made
+    preflight(config, log=print)  # a bad config fails here, before data or weights are made
     config = resolve_weights(config, storage, log=print)
     name = args.name or default_run_name(config)
     run_dir = storage / name
