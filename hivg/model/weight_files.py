@@ -16,6 +16,7 @@ Containers, told apart by content rather than by file name:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import warnings
 import zipfile
@@ -136,8 +137,9 @@ def _read_torchscript(path: Path) -> dict[str, Tensor]:
 
 
 def _read_pickle(path: Path) -> Any:
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle with code, a truncated file
         raise WeightsError(f"{path}: not a plain tensor state dict readable with "
