@@ -21,22 +21,33 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--address", help="auto or HOST:PORT of a Ray cluster (default: local)")
     p.add_argument("--resume", action="store_true", help="continue the study's Tune state")
+    p.add_argument("--datasets", nargs="+", metavar="NAME",
+                   help="run only these of the study's datasets (or all)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="run the prepared datasets, leave out the rest (said under the table)")
 
 
-def prepare(study, storage: Path, log=print):
-    """Synthetic data and the tiny CLIP's weights made once, before any trial starts."""
+def prepare(study, storage: Path, log=print, args=None):
+    """The datasets that run (--datasets, --skip-missing), synthetic data and the tiny CLIP's
+    weights made once, before any trial starts. Returns (study, hivg DatasetPlan)."""
     from hivg.cli import with_storage_defaults
     from hivg.data.manifest import list_splits
     from hivg.data.prepare import ensure_synthetic
+    from hivg.orchestration.study_datasets import plan_datasets
     from hivg.train.fit import preflight
     from hivg.train.pretrain import resolve_weights
 
     base = with_storage_defaults(study.base, storage)
+    study, plan = plan_datasets(study, base.data.data_dir, getattr(args, "storage", storage),
+                                requested=getattr(args, "datasets", None),
+                                skip_missing=getattr(args, "skip_missing", False))
+    if plan.note:
+        log(plan.note)
     if "synthetic" in study.datasets and not list_splits(base.data.data_dir, "synthetic"):
         ensure_synthetic(storage, seed=0, log=log)
     for dataset in study.datasets:
-        preflight(base.replace({"data.dataset": dataset}))
-    return dataclasses.replace(study, base=resolve_weights(base, storage, log=log))
+        preflight(base.replace({"data.dataset": dataset}), log=log)
+    return dataclasses.replace(study, base=resolve_weights(base, storage, log=log)), plan
 
 
 def options_from(args, **extra):
@@ -51,11 +62,13 @@ def options_from(args, **extra):
                         **extra)
 
 
-def print_results(table: dict, storage: Path, remote=None) -> None:
+def print_results(table: dict, storage: Path, remote=None, plan=None) -> None:
     from hivg.orchestration.tune import format_table, push_study_files
 
     print()
     print(format_table(table))
+    if plan is not None and plan.note:
+        print(plan.note)
     where = remote.url(table["study"]) if remote else storage / table["study"]
     print(f"study: {where}  ({len(table['trials'])} finished trials, "
           f"{table['wall_time_s']:.0f}s)")

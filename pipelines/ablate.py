@@ -32,9 +32,9 @@ def main() -> int:
     if study.kind != "variants":
         raise UserError(f"{args.study}: a search space; run it with pipelines/sweep.py")
     storage, remote = study_storage(args.storage)
-    study = prepare(study, storage)
+    study, plan = prepare(study, storage, args=args)
     table = run_study(study, args.storage, options_from(args))
-    print_results(table, storage, remote)
+    print_results(table, storage, remote, plan)
     return 0
 
 

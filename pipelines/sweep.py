@@ -34,11 +34,11 @@ def main() -> int:
         raise UserError(f"{args.space}: an ablation study (variants); run it with "
                         "pipelines/ablate.py")
     storage, remote = study_storage(args.storage)
-    study = prepare(study, storage)
+    study, plan = prepare(study, storage, args=args)
     table = run_study(study, args.storage, options_from(
         args, grid=args.grid, scheduler=False if args.no_asha else None,
         search_seed=args.search_seed))
-    print_results(table, storage, remote)
+    print_results(table, storage, remote, plan)
     return 0
 
 
