@@ -1,6 +1,8 @@
 """build_model(config): the one place a Config becomes explicit constructor arguments."""
 from __future__ import annotations
 
+from typing import Callable
+
 import open_clip
 
 from hivg.config import Config, ConfigError, check_encoder_shape
@@ -10,12 +12,12 @@ from hivg.model.hivg import HiVG
 from hivg.model.weights import load_weights
 
 
-def build_model(config: Config) -> HiVG:
+def build_model(config: Config, log: Callable[[str], None] | None = None) -> HiVG:
     """A HiVG from config.model and config.loss (heads only for the losses that are on), with
     config.model.weights loaded into CLIP (hivg.model.weights: random and None load nothing),
-    and CLIP frozen (stage 0's trainability;
-    hivg.model.lora.apply_stage prepares later stages). Layer choices in config.model and
-    config.hilora are checked against the encoder depths (ConfigError naming the key)."""
+    and CLIP frozen (stage 0's trainability; hivg.model.lora.apply_stage prepares later stages). Layer choices in config.model and
+    config.hilora are checked against the encoder depths (ConfigError naming the key). `log`
+    hears what loading the weights has to say (a download, parts of a checkpoint left out)."""
     m, loss = config.model, config.loss
     if m.clip not in open_clip.list_models():
         raise ConfigError(f"model.clip: expected an open_clip model name (e.g. ViT-B-16-quickgelu, "
@@ -23,7 +25,7 @@ def build_model(config: Config) -> HiVG:
     clip = bb.create_clip(m.clip, attention=m.attention)
     validate(config, clip)
     try:
-        load_weights(clip, m.weights, m.clip, m.weights_format)
+        load_weights(clip, m.weights, m.clip, m.weights_format, log=log)
     except WeightsError as e:
         raise WeightsError(f"model.weights: {e}") from None
 

@@ -101,7 +101,7 @@ def preflight(config: Config, log: Callable[[str], None] | None = None) -> None:
     source = check_starting_weights(config, log)
     # With the weights when they load: a checkpoint of another architecture fails here,
     # before any tracking run or worker starts.
-    build_model(config if source.loads else config.replace({"model.weights": None}))
+    build_model(config if source.loads else config.replace({"model.weights": None}), log=log)
 
 
 def check_starting_weights(config: Config, log: Callable[[str], None] | None = None
