@@ -82,7 +82,7 @@ def train_command(args: argparse.Namespace) -> int:
                                    storage)
     if config.data.dataset == "synthetic" and not list_splits(config.data.data_dir, "synthetic"):
         ensure_synthetic(storage, seed=0, log=print)
-    preflight(config)  # a bad config fails here, before data or weights are made
+    preflight(config, log=print)  # a bad config fails here, before data or weights are made
     config = resolve_weights(config, storage, log=print)
     name = args.name or default_run_name(config)
     run_dir = storage / name
@@ -141,6 +141,10 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--address", help="auto or HOST:PORT of a Ray cluster (default: local)")
     p.add_argument("--resume", action="store_true", help="continue the study's Tune state")
+    p.add_argument("--datasets", nargs="+", metavar="NAME",
+                   help="run only these of the study's datasets (or all)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="run the prepared datasets, leave out the rest (said under the table)")
 
 
 def run_study_command(path: str, kind: str, args: argparse.Namespace, **options: Any) -> int:
@@ -155,25 +159,32 @@ def run_study_command(path: str, kind: str, args: argparse.Namespace, **options:
                         if kind == "variants" else
                         f"{path}: an ablation study (variants); run it with pipelines/ablate.py")
     storage, remote = study_storage(args.storage)
-    study = prepare_study(study, storage)
+    study, plan = prepare_study(study, storage, args=args)
     results = run_study(study, args.storage, study_options(args, **options))
-    print_study_results(results, storage, remote)
+    print_study_results(results, storage, remote, plan)
     return 0
 
 
-def prepare_study(study, storage: Path, log: Callable[[str], None] = print):
-    """Synthetic data and the tiny CLIP's weights made once, before any trial starts."""
+def prepare_study(study, storage: Path, log: Callable[[str], None] = print, args=None):
+    """The datasets that run (--datasets, --skip-missing), synthetic data and the tiny CLIP's
+    weights made once, before any trial starts. Returns (study, its DatasetPlan)."""
     from hivg.data.manifest import list_splits
     from hivg.data.prepare import ensure_synthetic
+    from hivg.orchestration.study_datasets import plan_datasets
     from hivg.train.fit import preflight
     from hivg.train.pretrain import resolve_weights
 
     base = with_storage_defaults(study.base, storage)
+    study, plan = plan_datasets(study, base.data.data_dir, getattr(args, "storage", storage),
+                                requested=getattr(args, "datasets", None),
+                                skip_missing=getattr(args, "skip_missing", False))
+    if plan.note:
+        log(plan.note)
     if "synthetic" in study.datasets and not list_splits(base.data.data_dir, "synthetic"):
         ensure_synthetic(storage, seed=0, log=log)
     for dataset in study.datasets:
-        preflight(base.replace({"data.dataset": dataset}))
-    return dataclasses.replace(study, base=resolve_weights(base, storage, log=log))
+        preflight(base.replace({"data.dataset": dataset}), log=log)
+    return dataclasses.replace(study, base=resolve_weights(base, storage, log=log)), plan
 
 
 def study_options(args: argparse.Namespace, **extra: Any):
@@ -188,7 +199,8 @@ def study_options(args: argparse.Namespace, **extra: Any):
                         **extra)
 
 
-def print_study_results(results: dict[str, Any], storage: Path, remote=None) -> None:
+def print_study_results(results: dict[str, Any], storage: Path, remote=None,
+                        plan=None) -> None:
     """The study's table, where it lies, the MLflow command; then its report (a failure
     there only warns: the results are safe)."""
     from hivg.orchestration.study_report import report_after_study
@@ -197,6 +209,8 @@ def print_study_results(results: dict[str, Any], storage: Path, remote=None) -> 
     name = results["study"]
     print()
     print((storage / name / "table.md").read_text())
+    if plan is not None and plan.note:
+        print(plan.note)
     where = remote.url(name) if remote else storage / name
     print(f"study: {where}  ({len(results['trials'])} finished trials, "
           f"{results['wall_time_s']:.0f}s)")

@@ -5,6 +5,10 @@
         --images-dir coco=DIR referit=DIR flickr=DIR     # from the published mixup files
     python pipelines/prepare_data.py --dataset mixup     # union of the prepared train sets
     python pipelines/prepare_data.py --dataset synthetic [--seed N]
+    python pipelines/prepare_data.py --dataset all --image-root DIR [--split-root DIR]
+        # the authors' layout as they ship it: DIR/other/images/mscoco/images/train2014,
+        # DIR/referit/images, DIR/Flickr30k/flickr30k-images; split files in
+        # SPLITS/{unc,unc+,gref_umd,referit,flickr,...}/*.pth (default SPLITS: DIR/data)
 
 Manifests go to {storage}/data/{dataset}/{split}.parquet. Exit status: 0 ok, 2 on bad
 input (one line on stderr), 1 on an internal failure.
@@ -26,7 +30,15 @@ class OneLineParser(argparse.ArgumentParser):
 
 def parse_args() -> argparse.Namespace:
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--dataset", required=True, nargs="+", metavar="NAME",
+                   help=f"one of {', '.join(DATASETS)}; with --image-root several, or all "
+                        "(the five)")
+    p.add_argument("--image-root", metavar="DIR",
+                   help="the authors' image root (their --data_root): other/, referit/, "
+                        "Flickr30k/ inside")
+    p.add_argument("--split-root", metavar="DIR",
+                   help="the authors' split root (their --split_root): one folder per dataset "
+                        "(default: IMAGE_ROOT/data)")
     p.add_argument("--splits-dir", help="folder holding the dataset's FOLDER_SPLIT.pth files")
     p.add_argument("--images-dir", nargs="+", metavar="DIR",
                    help="image folder (mixup: coco=DIR referit=DIR flickr=DIR)")
@@ -42,9 +54,24 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    from hivg.data.prepare import parse_images_dirs, prepare
+    from hivg.data.prepare import parse_images_dirs, prepare, prepare_authors_layout
+    from hivg.errors import UserError
 
-    report = prepare(args.dataset, args.storage, splits_dir=args.splits_dir,
+    if args.image_root or args.split_root:
+        if not args.image_root or args.splits_dir or args.images_dir:
+            raise UserError("--image-root (and optionally --split-root) read the authors' "
+                            "layout; do not mix them with --splits-dir/--images-dir")
+        for report in prepare_authors_layout(
+                args.dataset, args.image_root, args.split_root, args.storage,
+                skip_invalid=args.skip_invalid, pack_images=args.pack_images,
+                pack_max_side=args.pack_max_side):
+            print(f"dataset {report.dataset}")
+            print(report.format())
+        return 0
+    if len(args.dataset) != 1 or args.dataset[0] == "all":
+        raise UserError(f"--dataset {' '.join(args.dataset)}: several datasets are read from "
+                        "the authors' layout (give --image-root); otherwise one at a time")
+    report = prepare(args.dataset[0], args.storage, splits_dir=args.splits_dir,
                      images_dir=parse_images_dirs(args.images_dir), seed=args.seed,
                      skip_invalid=args.skip_invalid, pack_images=args.pack_images,
                      pack_max_side=args.pack_max_side)

@@ -1,7 +1,8 @@
 """Train HiVG through every HiLoRA stage.
 
     python pipelines/train.py                         # tiny model on the synthetic benchmark
-    python pipelines/train.py --config hivg/configs/hivg-b16.yaml model.weights=PATH data.dataset=refcoco
+    python pipelines/train.py --config hivg/configs/hivg-b16.yaml data.dataset=refcoco   # from OpenAI's CLIP
+    python pipelines/train.py --preset hivg-b16 model.weights=PATH data.dataset=refcoco   # docs/weights.md
     python pipelines/train.py --name my-run --resume  # continue an interrupted run
     python pipelines/train.py --workers 2             # the same run on 2 Ray Train workers
     python pipelines/train.py --workers 8 --gpus-per-worker 1 --address auto --storage /shared/runs

@@ -1,9 +1,14 @@
 """Shared fixtures: a small synthetic benchmark, generated once per test session."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Nothing in the tests downloads: open_clip tags resolve from a cache the test fills, or fail
+# at once with the one-line error (the hub's own offline switch; subprocesses inherit it).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 SMALL_SYNTHETIC = {"train": 60, "val": 20, "test": 20}
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["model.weights=null", "hilora.stages.stage0.epochs=1", "hilora.stages.stage1.epochs=0",
+FAST = ["model.weights=random", "hilora.stages.stage0.epochs=1", "hilora.stages.stage1.epochs=0",
         "hilora.stages.stage2.epochs=0", "hilora.stages.stage0.batch_size=16"]
 
 
@@ -42,6 +42,9 @@ def bad_weights(tmp_path: Path) -> str:
     # hilora.num_stages is a key like any other: applied first, so FAST's stage2 key is gone
     ("hilora.num_stages=2", "hilora.stages.stage2: no list item 'stage2'"),
     ("hilora.num_stages=9", "hilora.num_stages: expected an integer in 1..3"),
+    ("model.weights=null", "model.weights: not set; expected an open_clip tag of hivg-tiny"),
+    ("model.weights=openia", "model.weights: openia: not a local file or folder, nor an "
+                             "open_clip tag of hivg-tiny"),
 ])
 def test_bad_configuration_fails_before_training_with_one_line(synthetic_storage, tmp_path,
                                                                 override, message):
@@ -56,11 +59,36 @@ def test_bad_configuration_fails_before_training_with_one_line(synthetic_storage
     assert not (synthetic_storage / "bad" / "metrics.jsonl").exists()
 
 
+def test_b16_from_openai_without_cache_or_network_stops_in_one_line(synthetic_storage, tmp_path):
+    """The preset starts from OpenAI's CLIP; with no cached copy and no network (the hub is
+    offline in the tests) train.py stops before building anything, naming the tag and the fix."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "train.py"), "--preset", "hivg-b16",
+         "--storage", str(synthetic_storage), "--name", "b16-offline", "--no-mlflow",
+         "data.dataset=synthetic"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: model.weights: openai: the open_clip weights of "
+                           "ViT-B-16-quickgelu are not in the Hugging Face cache"), line
+    assert "pretrained='openai'" in line and "or pass a local file or folder" in line
+    assert not (synthetic_storage / "b16-offline").exists()
+
+
 def test_train_then_evaluate_the_selected_checkpoint(synthetic_storage):
     result = run("train.py", "--storage", str(synthetic_storage), "--name", "cli-run", "--quiet",
                  *FAST)
     assert result.returncode == 0, result.stdout + result.stderr
+    # Random initialisation only by name: printed, and recorded in MLflow's params.
+    assert "model.weights=random: hivg-tiny starts from random values" in result.stdout
     run_dir = synthetic_storage / "cli-run"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{synthetic_storage.resolve()}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (tracked,) = client.search_runs(experiments, f"tags.run_folder = '{run_dir.resolve()}'")
+    assert tracked.data.params["model.weights"] == "random"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["energy_kwh"] is None  # a CPU run: nothing to meter, and no error
     assert "test" in result.stdout and f"results: {run_dir}" in result.stdout

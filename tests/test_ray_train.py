@@ -144,7 +144,7 @@ def test_more_workers_than_the_cluster_has_fails_before_start(local_ray, synthet
 def test_unreachable_services_fail_with_one_line(synthetic_storage, tmp_path, flags, message):
     result = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "train.py"), "--storage", str(synthetic_storage),
-         "--name", "unreachable", *flags, "model.weights=null"],
+         "--name", "unreachable", *flags, "model.weights=random"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()

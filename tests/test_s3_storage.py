@@ -132,7 +132,7 @@ def test_bad_s3_storage_fails_in_one_line_before_anything_starts(s3, tmp_path):
         ("gs://bucket/runs", env, "expected a folder or s3://BUCKET/PREFIX"),
     ]
     for uri, case_env, message in cases:
-        result = pipeline("--storage", uri, "--no-mlflow", "model.weights=null", env=case_env)
+        result = pipeline("--storage", uri, "--no-mlflow", "model.weights=random", env=case_env)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (uri, result.stderr[-2000:])
         assert len(lines) == 1 and lines[0].startswith(f"error: --storage {uri}: "), lines
@@ -154,7 +154,7 @@ def test_a_two_worker_ray_run_keeps_its_run_folder_and_ray_state_in_the_bucket(
         result = subprocess.run(
             [sys.executable, str(REPO / "pipelines" / "train.py"), "--storage", uri,
              "--workers", "2", "--no-mlflow", "--quiet", "--name", "ddp",
-             f"data.data_dir={synthetic_storage / 'data'}", "model.weights=null",
+             f"data.data_dir={synthetic_storage / 'data'}", "model.weights=random",
              "data.num_workers=0", "hilora.stages.stage0.epochs=1",
              "hilora.stages.stage1.epochs=0", "hilora.stages.stage2.epochs=0",
              "hilora.stages.stage0.batch_size=16"],
@@ -188,7 +188,7 @@ overrides:
   data.max_train_samples: 32
   data.max_eval_samples: 20
   data.num_workers: 0
-  model.weights: null
+  model.weights: random
   hilora.stages.stage0.epochs: 1
   hilora.stages.stage0.batch_size: 8
   hilora.stages.stage1.epochs: 0

@@ -131,7 +131,7 @@ def test_sigterm_marks_the_mlflow_run_killed_and_resume_finishes_the_same_run(
     storage.mkdir()
     (storage / "data").symlink_to(synthetic_storage / "data")
     args = [sys.executable, str(ROOT / "pipelines" / "train.py"), "--storage", str(storage),
-            "--name", "interrupted", "--quiet", "model.weights=null",
+            "--name", "interrupted", "--quiet", "model.weights=random",
             "hilora.stages.stage0.epochs=6", "hilora.stages.stage0.batch_size=4"]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -177,12 +177,11 @@ def _features_and_truth(config: Config, train_samples: int | None):
     from hivg.data.dataset import build_dataset
     from hivg.data.manifest import dataset_dir
     from hivg.model import backbone as bb
-    from hivg.model.convert import load_clip_state_dict, load_into_clip
+    from hivg.model.weights import load_weights
 
     m = config.model
     clip = bb.create_clip(m.clip)
-    if m.weights:
-        load_into_clip(clip, load_clip_state_dict(m.weights, m.weights_format), source=m.weights)
+    load_weights(clip, m.weights, m.clip, m.weights_format, log=print)
     clip.eval()
     size, grid = bb.image_size(clip), bb.image_size(clip) // bb.patch_size(clip)
     start = time.perf_counter()

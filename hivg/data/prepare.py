@@ -268,6 +268,30 @@ def ensure_synthetic(storage: str | Path, seed: int = 0, sizes: dict[str, int] |
     return data_dir / "synthetic"
 
 
+# ----------------------------------------------------------------------------- the authors' layout
+
+
+def prepare_authors_layout(datasets: list[str], image_root: str | Path,
+                           split_root: str | Path | None = None, storage: str | Path = "runs",
+                           *, skip_invalid: bool = False, pack_images: bool = False,
+                           pack_max_side: Optional[int] = None) -> list[PrepareReport]:
+    """Several datasets (`all`: the five) from the authors' tree (hivg.data.authors_layout):
+    every folder they need is checked first, then each is prepared as prepare_dataset does."""
+    from hivg.data import authors_layout as layout
+
+    names = layout.expand_datasets(datasets)
+    images = layout.image_root(image_root)
+    splits = layout.split_root(images, split_root)
+    layout.check_layout(names, splits, images)
+    reports = []
+    for dataset in names:
+        splits_dir, images_dir = layout.dataset_sources(dataset, splits, images)
+        reports.append(prepare_dataset(dataset, splits_dir, images_dir, storage,
+                                       skip_invalid=skip_invalid, pack_images=pack_images,
+                                       pack_max_side=pack_max_side))
+    return reports
+
+
 # ----------------------------------------------------------------------------- one entry point
 
 

@@ -1,29 +1,31 @@
 """build_model(config): the one place a Config becomes explicit constructor arguments."""
 from __future__ import annotations
 
+from typing import Callable
+
 import open_clip
 
 from hivg.config import Config, ConfigError, check_encoder_shape
 from hivg.errors import WeightsError
 from hivg.model import backbone as bb
-from hivg.model.convert import load_clip_state_dict, load_into_clip
 from hivg.model.hivg import HiVG
+from hivg.model.weights import load_weights
 
 
-def build_model(config: Config) -> HiVG:
+def build_model(config: Config, log: Callable[[str], None] | None = None) -> HiVG:
     """A HiVG from config.model and config.loss (heads only for the losses that are on), with
-    config.model.weights loaded into CLIP when set, and CLIP frozen (stage 0's trainability;
-    hivg.model.lora.apply_stage prepares later stages). Layer choices in config.model and
-    config.hilora are checked against the encoder depths (ConfigError naming the key)."""
+    config.model.weights loaded into CLIP (hivg.model.weights: random and None load nothing),
+    and CLIP frozen (stage 0's trainability; hivg.model.lora.apply_stage prepares later stages). Layer choices in config.model and
+    config.hilora are checked against the encoder depths (ConfigError naming the key). `log`
+    hears what loading the weights has to say (a download, parts of a checkpoint left out)."""
     m, loss = config.model, config.loss
     _clip_spec(m.clip)  # a known open_clip name, or one line naming model.clip
     clip = bb.create_clip(m.clip, attention=m.attention)
     validate(config, clip)
-    if m.weights:
-        try:
-            load_into_clip(clip, load_clip_state_dict(m.weights, m.weights_format), source=m.weights)
-        except WeightsError as e:
-            raise WeightsError(f"model.weights: {e}") from None
+    try:
+        load_weights(clip, m.weights, m.clip, m.weights_format, log=log)
+    except WeightsError as e:
+        raise WeightsError(f"model.weights: {e}") from None
 
     model = HiVG(
         clip,

@@ -1,47 +1,51 @@
-"""CLIP weights from local files, as open_clip state dicts. Never downloads; torch.load always
-with weights_only=True.
+"""CLIP weights from local files, as open_clip state dicts. Never downloads; reading the file
+(safetensors, TorchScript, weights-only pickles, model folders) is hivg.model.weight_files' job.
 
-Formats:
+Formats (key layouts):
 - open_clip: a state dict with open_clip keys (`visual.conv1.weight`, ...), optionally wrapped
-  in {"state_dict": ...} and/or prefixed `module.` (open_clip's training checkpoints).
+  in {"state_dict": ...} and/or prefixed `module.` (open_clip's training checkpoints); OpenAI's
+  TorchScript archives have the same keys.
 - hf: a transformers `CLIPModel` state dict; q/k/v projections are concatenated into the fused
   `in_proj`, HF's (out, in) projection matrices transposed to open_clip's (in, out).
-- hivg_released: the authors' "debiased" CLIP: HF keys with peft LoRA keys under (possibly
-  nested) `base_model.model.` prefixes. Each LoRA is merged, W += (lora_alpha / r) B A, with r
-  read from A's shape; alpha is not stored in the file (the released config uses 16).
+- hivg_released: the authors' checkpoints. Their "debiased" CLIP: HF keys with peft LoRA keys
+  under (possibly nested) `base_model.model.` prefixes. Each LoRA is merged, W += (lora_alpha /
+  r) B A, with r read from A's shape; alpha is not stored in the file (the released config uses
+  16). Their HiVG training checkpoints (`best_checkpoint.pth`: {"model": ..., "args": ...}) and
+  `clip_lora_stage_with_bridge.pth` hold the same CLIP under `clip.` plus their bridge and head:
+  the CLIP (LoRA merged) is taken, the bridge and head left out (ours are built fresh).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from hivg.errors import WeightsError
+from hivg.model.weight_files import read_state_dict
 
 FORMATS = ("auto", "open_clip", "hf", "hivg_released")
 _HF_ROOTS = ("vision_model.", "text_model.", "visual_projection.", "text_projection.", "logit_scale")
 
 
-def load_clip_state_dict(path: str | Path, fmt: str = "auto", *,
-                         lora_alpha: float = 16.0) -> dict[str, Tensor]:
-    """Read a weights file and return an open_clip-keyed CLIP state dict."""
+def load_clip_state_dict(path: str | Path, fmt: str = "auto", *, lora_alpha: float = 16.0,
+                         log: Callable[[str], None] | None = None) -> dict[str, Tensor]:
+    """Read a weights file (or model folder) and return an open_clip-keyed CLIP state dict."""
     if fmt not in FORMATS:
         raise WeightsError(f"weights format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(f"{path}: weights file not found")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle with code, a TorchScript archive, a truncated file
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
-        raise WeightsError(f"{path}: not a plain tensor state dict readable with "
-                           f"weights_only=True ({reason})") from None
-    sd = _unwrap(sd, path)
+    sd = _unwrap(read_state_dict(path), path)
     if fmt == "auto":
         fmt = detect_format(sd, path)
     if fmt == "hivg_released":
+        sd, left_out = authors_clip_part(sd)
+        if left_out and log:
+            log(f"{path}: the authors' HiVG checkpoint: its CLIP is used (LoRA merged); "
+                f"{left_out} tensors of their bridge and head are left out")
         sd = hf_to_open_clip(merge_peft_lora(sd, lora_alpha), path)
     elif fmt == "hf":
         sd = hf_to_open_clip(sd, path)
@@ -73,6 +77,23 @@ def detect_format(sd: dict[str, Tensor], path: Path | str = "weights") -> str:
 
 
 # -- released layout: merge peft LoRA into the HF weights -------------------------------------
+
+# Parameters the authors' bridge adds inside CLIP's vision layers (models/HiVG.py,
+# CLIPEncoderLayer_with_Crossmodal_Bridge): cross_norm, cross_attn, cross_mlp, cross_gate,
+# cross_adaptive_weights.
+_AUTHORS_BRIDGE = re.compile(r"\.cross_(norm|attn|mlp|gate|adaptive_weights)\.")
+
+
+def authors_clip_part(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], int]:
+    """The CLIP of one of the authors' checkpoints and how many tensors were left out: with
+    `clip.`-prefixed keys (a HiVG training checkpoint) only those are kept, prefix removed;
+    their bridge's parameters inside the vision layers are dropped either way."""
+    keep = sd
+    if any(k.startswith("clip.") for k in sd):
+        keep = {k.removeprefix("clip."): v for k, v in sd.items() if k.startswith("clip.")}
+    keep = {k: v for k, v in keep.items() if not _AUTHORS_BRIDGE.search(k)}
+    return keep, len(sd) - len(keep)
+
 
 _LORA = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
 

@@ -23,7 +23,9 @@ nn.MultiheadAttention, r=4, alpha=8, random non-zero A and B):
 Our Attention keeps nn.MultiheadAttention's keys (`in_proj_weight`, `out_proj.weight`), adds
 adapters under `attn.lora.<name>.{q,k,v,out}.{A,B}`, applies each delta as its own branch with
 its own dropout (base weights never touched in forward), supports any number of adapters, and
-merges exactly W + (alpha/r) B A (tests check this by hand).
+merges exactly W + (alpha/r) B A (tests check this by hand, and against peft itself on
+nn.Linear and on HF-style q/k/v/out projections: tests/test_lora_peft_oracle.py; peft is a
+test dependency only).
 
 Stages and policies (hilora.stages, hilora.policy):
 - Every stage: CLIP base weights frozen; everything outside CLIP (bridge, fusion, VL encoder,

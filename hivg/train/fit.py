@@ -23,9 +23,11 @@ from torch.utils.data import DataLoader, Subset
 from hivg.config import Config, ConfigError, StageConfig
 from hivg.data.dataset import build_dataset
 from hivg.data.manifest import list_splits
+from hivg.errors import UserError, WeightsError
 from hivg.losses import build_criterion
 from hivg.model.build import build_model
 from hivg.model.lora import apply_stage
+from hivg.model.weights import RANDOM, WeightsSource, classify, weights_file
 from hivg.run_folder import SELECTION_METRIC, RunFolder, acc50
 from hivg.train.energy import EnergyMeter
 from hivg.train.energy import device_indices as energy_device_indices
@@ -83,16 +85,32 @@ def check_data(config: Config) -> list[str]:
     return [s for s in splits if s not in (config.data.train_split, config.data.val_split)]
 
 
-def preflight(config: Config) -> None:
-    """Every check that needs no training: data prepared, model buildable from the config."""
+def preflight(config: Config, log: Callable[[str], None] | None = None) -> None:
+    """Every check that needs no training: data prepared, starting weights found (an open_clip
+    tag looked up in its cache, downloaded when missing), model buildable from the config."""
     check_data(config)
-    weights = config.model.weights
-    if weights and not weights.startswith("@") and not Path(weights).is_file():
-        raise ConfigError(f"model.weights: file not found: {weights}")
-    # With the weights when they are a file: a checkpoint of another architecture fails here,
+    source = check_starting_weights(config, log)
+    # With the weights when they load: a checkpoint of another architecture fails here,
     # before any tracking run or worker starts.
-    build_model(config.replace({"model.weights": None}) if not weights or weights.startswith("@")
-                else config)
+    build_model(config if source.loads else config.replace({"model.weights": None}), log=log)
+
+
+def check_starting_weights(config: Config, log: Callable[[str], None] | None = None
+                           ) -> WeightsSource:
+    """model.weights is set, and what it names exists (a tag: in open_clip's cache, downloaded
+    when missing and allowed). One-line errors naming the value and the fix."""
+    m = config.model
+    if m.weights is None:
+        raise ConfigError(f"model.weights: not set; expected an open_clip tag of {m.clip} "
+                          f"(e.g. openai), a local file or folder, or {RANDOM} for random "
+                          "initialisation")
+    try:
+        source = classify(m.weights, m.clip)
+        if source.loads:
+            weights_file(source, log)
+    except WeightsError as e:
+        raise WeightsError(f"model.weights: {e}") from None
+    return source
 
 
 @dataclass

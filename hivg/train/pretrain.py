@@ -348,10 +348,23 @@ def ensure_pretrained(settings: PretrainSettings, storage: Path,
 
 
 def resolve_weights(config: Config, storage: Path, log: Callable[[str], None] = print) -> Config:
-    """Replace model.weights == SYNTHETIC_WEIGHTS by the cached pre-trained checkpoint."""
-    if config.model.weights != SYNTHETIC_WEIGHTS:
-        return config
-    settings = PretrainSettings(config.model.clip, config.model.image_size,
-                                config.model.context_length)
-    path = ensure_pretrained(settings, storage, log)
-    return config.replace({"model.weights": str(Path(path).resolve())})
+    """Replace model.weights == SYNTHETIC_WEIGHTS by the cached pre-trained checkpoint, and say
+    where CLIP's weights come from (random initialisation too, which happens only by name).
+    An open_clip tag stays a tag: every node resolves it through its own cache."""
+    from hivg.model.weights import classify, weights_file
+
+    m = config.model
+    if m.weights == SYNTHETIC_WEIGHTS:
+        settings = PretrainSettings(m.clip, m.image_size, m.context_length)
+        path = ensure_pretrained(settings, storage, log)
+        return config.replace({"model.weights": str(Path(path).resolve())})
+    source = classify(m.weights, m.clip)
+    if source.kind == "random":
+        log(f"model.weights=random: {m.clip} starts from random values, not pre-trained "
+            "weights")
+    elif source.kind == "tag":
+        log(f"model.weights={m.weights}: open_clip's {m.clip} weights, "
+            f"{weights_file(source, log)}")
+    elif source.loads:
+        log(f"model.weights: {m.weights}")
+    return config

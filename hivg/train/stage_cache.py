@@ -161,15 +161,27 @@ def file_fingerprint(path: str | Path) -> str:
     return _cached_file_hash(str(p), st.st_size, st.st_mtime_ns)
 
 
-def _weights_identity(weights: Optional[str]) -> Optional[str]:
+def _weights_identity(weights: Optional[str], clip: str) -> Optional[str]:
     """The starting weights by content: a file's sha256 (so the same file at another path,
     e.g. the synthetic pre-training under another storage, gives the same key, and a file
-    replaced in place does not); symbolic names (`@synthetic-pretrained`) and None as given."""
-    if weights is None or weights.startswith("@"):
-        return weights
-    if not Path(weights).is_file():
-        raise UserError(f"model.weights: file not found: {weights}")
-    return "sha256:" + file_fingerprint(weights)
+    replaced in place does not; a model folder: its weights file); an open_clip tag by name
+    (open_clip pins what it downloads; model.clip is in the key already); symbolic names
+    (`@synthetic-pretrained`), `random` and None as given."""
+    from hivg.errors import WeightsError
+    from hivg.model.weight_files import folder_weights_file
+    from hivg.model.weights import classify
+
+    try:
+        source = classify(weights, clip)
+        if source.kind == "tag":
+            return f"open_clip:{weights}"
+        if source.kind == "folder":
+            return "sha256:" + file_fingerprint(folder_weights_file(Path(weights).expanduser()))
+        if source.kind == "file":
+            return "sha256:" + file_fingerprint(Path(weights).expanduser())
+    except WeightsError as e:
+        raise UserError(f"model.weights: {e}") from None
+    return weights
 
 
 # ----------------------------------------------------------------------------- the key
@@ -192,7 +204,7 @@ def stage_key_payload(config: Config, stage_index: int, data_hash: str, code_has
     profile = resolve_profile(config, device_type)
     model["attention"] = profile.attention
     model["weights"] = weights_hash if weights_hash is not None else \
-        _weights_identity(config.model.weights)
+        _weights_identity(config.model.weights, config.model.clip)
     data = {k: v for k, v in dataclasses.asdict(config.data).items()
             if k not in DATA_FIELDS_EXCLUDED}
     return {
