@@ -126,9 +126,13 @@ def test_skip_missing_runs_what_is_prepared_and_says_so_under_the_table(syntheti
                     "--skip-missing", "--datasets", "synthetic", "refcoco")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    table = next(i for i, l in enumerate(lines) if l.startswith("| variant | synthetic test acc50"))
+    table = next(i for i, l in enumerate(lines) if l.startswith("| variant | synthetic val | synthetic test |"))
     assert lines[table + 2].startswith("| baseline | ")
-    assert lines[table + 3] == ""  # the table's own blank line, then the note under it
-    assert lines[table + 4].startswith("not run: refcoco (not prepared in ")
-    assert "referit" not in lines[table + 4]  # not picked by --datasets: not a skip
+    assert "refcoco" not in lines[table]  # a column for the run dataset only
+    # Said before the trials start, and again under the table (after its own notes).
+    first, note = [i for i, l in enumerate(lines) if l.startswith("not run: ")]
+    assert first < table
+    assert note > table + 2
+    assert lines[note].startswith("not run: refcoco (not prepared in ")
+    assert "referit" not in lines[note]  # not picked by --datasets: not a skip
     assert len(list((tmp_path / "runs" / "five" / "trials").iterdir())) == 1
