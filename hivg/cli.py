@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -12,6 +13,12 @@ from hivg.config import Config, ConfigError, load_config, load_preset
 from hivg.errors import UserError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+# On a cluster every node has HIVG_STORAGE (cluster.yaml): jobs need no --storage there.
+STORAGE_ENV = "HIVG_STORAGE"
+
+
+def default_storage() -> str:
+    return os.environ.get(STORAGE_ENV) or "runs"
 
 
 def run_main(main: Callable[[], int | None]) -> None:

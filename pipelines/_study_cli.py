@@ -5,11 +5,13 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from hivg.cli import default_storage
+
 
 def add_study_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", default="runs",
+    p.add_argument("--storage", default=default_storage(),
                    help="folder for studies, runs, data, caches, or s3://BUCKET/PREFIX "
-                        "(credentials from the environment; resumable from any machine)")
+                        "(default: $HIVG_STORAGE, else ./runs; credentials from the environment; resumable from any machine)")
     p.add_argument("--name", help="study name (default: the file's `name:` or its stem)")
     p.add_argument("--num-samples", type=int, help="trials per dataset (search spaces)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")

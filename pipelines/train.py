@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from hivg.cli import default_run_name, resolve_config, run_main, with_storage_defaults
+from hivg.cli import (default_run_name, default_storage, resolve_config, run_main,
+                      with_storage_defaults)
 from hivg.config import preset_names
 from hivg.errors import UserError
 
@@ -23,8 +24,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--config", help="YAML config file (may start from `preset: NAME`)")
     p.add_argument("--preset", default="tiny", choices=preset_names(),
                    help="preset when no --config is given (default: tiny)")
-    p.add_argument("--storage", default="runs", help="folder for runs, data and caches, or "
-                   "s3://BUCKET/PREFIX (credentials from the environment; local files in "
+    p.add_argument("--storage", default=default_storage(),
+                   help="folder for runs, data and caches, or s3://BUCKET/PREFIX (default: "
+                   "$HIVG_STORAGE, else ./runs; credentials from the environment; local files in "
                    "$HIVG_MIRROR_DIR, default ~/.cache/hivg/mirror)")
     p.add_argument("--name", help="run name (default: derived from the config)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")

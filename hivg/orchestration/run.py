@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -102,7 +103,8 @@ def start_tracker(config: Config, storage: Path, run_dir: Path, options: Trackin
         "seed": str(config.seed), "preset": config.preset, "world_size": str(world_size),
         "device_type": device_type, "code_fingerprint": code_fingerprint(),
         "starting_weights": config.model.weights or "random init",
-        "run_folder": run_url or str(run_dir.resolve()), **package_tags(),
+        "run_folder": run_url or str(run_dir.resolve()), "host": socket.gethostname(),
+        **package_tags(),
         **options.extra_tags,
     }
     tracker = MlflowTracker.start(uri, experiment, run_name=mlflow_run_name(config), tags=tags,
@@ -158,8 +160,8 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
 
         resources = ray_train.RayResources(distributed.workers, distributed.gpus_per_worker,
                                            distributed.cpus_per_worker)
-        ray_train.connect(distributed.address,
-                          num_cpus=None if distributed.address else
+        address = ray_train.cluster_address(distributed.address)
+        ray_train.connect(address, num_cpus=None if address else
                           max(2, resources.workers * resources.cpus_per_worker) + 1, log=log)
         ray_train.check_resources(resources)
         ray_train.check_shared_storage(storage)
@@ -167,8 +169,15 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
         from hivg.tracking import check_reachable, resolve_tracking_uri
 
         check_reachable(resolve_tracking_uri(tracking.uri, str(storage)))
+        if on_ray:
+            ray_train.check_tracking_uri_for_cluster(resolve_tracking_uri(tracking.uri,
+                                                                         str(storage)))
     if sync:
         prepare_remote_run_folder(config, sync, resume)
+        if on_ray:  # workers on other nodes pull the data and weights from the bucket
+            from hivg.orchestration.node_inputs import share_inputs
+
+            share_inputs(config, remote, log)
     else:
         prepare_run_folder(config, run_dir, resume)
     world = distributed.workers or 1

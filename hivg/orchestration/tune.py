@@ -93,6 +93,10 @@ def _trial(tune_config: dict[str, Any], *, study: Study, storage: str, study_nam
     config = config_for(study, overrides, params["dataset"], params["seed"], params["variant"])
     remote = open_storage(storage)
     storage_path = remote.mirror if remote else Path(storage)
+    if remote:  # this node may not be the driver's: its data and weights come from the bucket
+        from hivg.orchestration.node_inputs import fetch_inputs
+
+        fetch_inputs(config, remote)
     rel = f"{study_name}/trials/{safe_name(key)}"
     run_dir = storage_path / rel
     summary_path = run_dir / "summary.json"
@@ -168,8 +172,8 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
         else options.gpus_per_worker
 
     # Locally: one logical CPU more than the cores, for the fractional trial drivers.
-    ray_train.connect(options.address, log=log,
-                      num_cpus=None if options.address else (os.cpu_count() or 1) + 1)
+    address = ray_train.cluster_address(options.address)
+    ray_train.connect(address, log=log, num_cpus=None if address else (os.cpu_count() or 1) + 1)
     compute_cpu = cpus if workers == 0 else workers * cpus
     per_trial_cpu = compute_cpu if workers == 0 else 0.25 + compute_cpu
     total_cpu = ray.cluster_resources().get("CPU", 0)
@@ -177,7 +181,7 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
     if per_trial_cpu > total_cpu or max(workers, 1) * gpus > total_gpu:
         raise UserError(f"a trial needs {per_trial_cpu:g} CPUs and {max(workers, 1) * gpus:g} "
                         f"GPUs; the cluster has {total_cpu:g} CPUs and {total_gpu:g} GPUs")
-    usable = total_cpu - (1 if not options.address and not ray_was_up else 0)
+    usable = total_cpu - (1 if not address and not ray_was_up else 0)
     concurrent = options.max_concurrent or max(1, int(usable // compute_cpu))
     if gpus:
         concurrent = min(concurrent, max(1, int(total_gpu // (max(workers, 1) * gpus))))
@@ -185,7 +189,11 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(study.text)
     if remote:
+        from hivg.orchestration.node_inputs import share_inputs
+
         push_study_files(remote, storage, name)
+        for dataset in study.datasets:  # trials on other nodes pull them from the bucket
+            share_inputs(study.base.replace({"data.dataset": dataset}), remote, log)
     tracker, uri = _parent_run(study, storage, name, options)
 
     trainable = tune.with_parameters(
@@ -349,6 +357,9 @@ def _parent_run(study: Study, storage: Path, name: str, options: StudyOptions):
 
     uri = resolve_tracking_uri(options.mlflow_uri, str(storage))
     check_reachable(uri)
+    from hivg.orchestration.ray_train import check_tracking_uri_for_cluster
+
+    check_tracking_uri_for_cluster(uri)
     artifacts = (storage / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
     tracker = MlflowTracker.start(uri, name, run_name=f"study/{name}",
                                   tags={"study": name, "kind": study.kind, **package_tags()},
