@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -16,6 +17,12 @@ from hivg.errors import UserError
 from hivg.run_folder import SELECTION_METRIC
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+# On a cluster every node has HIVG_STORAGE (cluster.yaml): jobs need no --storage there.
+STORAGE_ENV = "HIVG_STORAGE"
+
+
+def default_storage() -> str:
+    return os.environ.get(STORAGE_ENV) or "runs"
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -127,9 +134,10 @@ def print_run_summary(summary: dict[str, Any], dataset_dir: Path) -> None:
 # ----------------------------------------------------------------------------- studies
 def add_study_flags(p: argparse.ArgumentParser) -> None:
     """The flags ablate.py and sweep.py share."""
-    p.add_argument("--storage", default="runs",
+    p.add_argument("--storage", default=default_storage(),
                    help="folder for studies, runs, data, caches, or s3://BUCKET/PREFIX "
-                        "(credentials from the environment; resumable from any machine)")
+                        "(default: $HIVG_STORAGE, else ./runs; credentials from the "
+                        "environment; resumable from any machine)")
     p.add_argument("--name", help="study name (default: the file's `name:` or its stem)")
     p.add_argument("--num-samples", type=int, help="trials per dataset (search spaces)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
@@ -139,7 +147,8 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-worker", type=float)
     p.add_argument("--mlflow-uri", help="tracking URI (default: sqlite:///{storage}/mlflow.db)")
     p.add_argument("--no-mlflow", action="store_true")
-    p.add_argument("--address", help="auto or HOST:PORT of a Ray cluster (default: local)")
+    p.add_argument("--address", help="auto or HOST:PORT of a Ray cluster (default: "
+                   "$RAY_ADDRESS, as in a Ray job, else a local one)")
     p.add_argument("--resume", action="store_true", help="continue the study's Tune state")
     p.add_argument("--datasets", nargs="+", metavar="NAME",
                    help="run only these of the study's datasets (or all)")

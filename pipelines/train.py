@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from hivg.cli import run_main, train_command
+from hivg.cli import default_storage, run_main, train_command
 from hivg.config import preset_names
 
 
@@ -21,9 +21,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--config", help="YAML config file (may start from `preset: NAME`)")
     p.add_argument("--preset", default="tiny", choices=preset_names(),
                    help="preset when no --config is given (default: tiny)")
-    p.add_argument("--storage", default="runs", help="folder for runs, data and caches, or "
-                   "s3://BUCKET/PREFIX (credentials from the environment; local files in "
-                   "$HIVG_MIRROR_DIR, default ~/.cache/hivg/mirror)")
+    p.add_argument("--storage", default=default_storage(),
+                   help="folder for runs, data and caches, or s3://BUCKET/PREFIX (default: "
+                   "$HIVG_STORAGE, else ./runs; credentials from the environment; local files "
+                   "in $HIVG_MIRROR_DIR, default ~/.cache/hivg/mirror)")
     p.add_argument("--name", help="run name (default: derived from the config)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -32,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     ray.add_argument("--gpus-per-worker", type=float, default=0.0)
     ray.add_argument("--cpus-per-worker", type=float, default=1.0)
     ray.add_argument("--address", help="auto or HOST:PORT of a running Ray cluster "
-                     "(default: start a local one)")
+                     "(default: $RAY_ADDRESS, as in a Ray job, else start a local one)")
     ray.add_argument("--max-failures", type=int, default=0,
                      help="restart the worker group this many times after a worker dies")
     ml = p.add_argument_group("MLflow")

@@ -17,6 +17,7 @@ moto's own `moto_server` entry point unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -75,21 +76,21 @@ class S3Bucket:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
 
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory) -> Iterator[S3Server]:
-    pytest.importorskip("moto")
-    pytest.importorskip("boto3")
+@contextlib.contextmanager
+def running_s3_server(log: Path, host: str = "127.0.0.1") -> Iterator[S3Server]:
+    """moto_server on `host` (loopback by default; a test network's own address for test
+    hosts), in its own process group, stopped by its PID."""
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, __file__, str(port)], stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen([sys.executable, __file__, str(port), host], stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"})
+    url = f"http://{host}:{port}"
     try:
         deadline = time.time() + 30
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                socket.create_connection((host, port), timeout=1).close()
                 break
             except OSError:
                 if process.poll() is not None or time.time() > deadline:
@@ -98,6 +99,14 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
         yield S3Server(url, process)
     finally:
         stop_process_group(process, wait_s=10)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    pytest.importorskip("moto")
+    pytest.importorskip("boto3")
+    with running_s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
 
 
 def aws_env(url: str) -> dict[str, str]:
@@ -144,4 +153,4 @@ if __name__ == "__main__":
     _patch_moto()
     from moto.server import main
 
-    main(["-H", "127.0.0.1", "-p", sys.argv[1]])
+    main(["-H", sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1", "-p", sys.argv[1]])

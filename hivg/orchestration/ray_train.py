@@ -135,7 +135,10 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     if sync is not None:
         # S3 storage: this node's mirror holds the run folder. On another node than the
         # last writer's, pull it first (config.yaml, last.pt after a restart).
+        from hivg.orchestration.node_inputs import fetch_inputs
+
         run_dir = sync.local
+        fetch_inputs(config, sync.storage)  # data and weights, when this node lacks them
         sync.pull(foreign_only=True)
         hooks.barrier()
         from hivg.orchestration.remote_storage import SyncHooks
@@ -185,6 +188,12 @@ def check_shared_storage(storage: str | Path) -> None:
                         "see it; use a path every node mounts (or s3://)")
 
 
+def cluster_address(address: str | None) -> str | None:
+    """`--address`, else $RAY_ADDRESS (what a Ray job's entrypoint has), else None (a local
+    Ray of this process's own)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(address: str | None, num_cpus: float | None = None, log: Callable[[str], None] = print
             ) -> None:
     """ray.init once: `auto` or HOST:PORT joins a cluster; None starts a local one."""
@@ -202,8 +211,37 @@ def connect(address: str | None, num_cpus: float | None = None, log: Callable[[s
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"--address {address}: cannot connect to a Ray cluster: {first}") from None
-    log(f"ray: {ray.cluster_resources().get('CPU', 0):g} CPUs, "
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    log(f"ray: {nodes} node{'s' if nodes != 1 else ''}, "
+        f"{ray.cluster_resources().get('CPU', 0):g} CPUs, "
         f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
+
+
+def check_tracking_uri_for_cluster(uri: str | None) -> None:
+    """On a cluster of several nodes, refuse an MLflow URI only this machine can use: a
+    server on loopback (a worker's 127.0.0.1 is the worker), or a file store (each node
+    would write its own). One line, before any trial starts."""
+    import ray
+
+    if not uri or sum(1 for n in ray.nodes() if n.get("Alive")) <= 1:
+        return
+    from urllib.parse import urlparse
+
+    from hivg.tracking import redact
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https") and (parsed.hostname or "").lower() in (
+            "localhost", "127.0.0.1", "::1", "0.0.0.0") or \
+            (parsed.hostname or "").startswith("127."):
+        raise UserError(f"MLflow tracking URI {redact(uri)}: a loopback address, which trials "
+                        "on other nodes cannot reach; use the server's private address "
+                        "(on a cluster from cluster.yaml, MLFLOW_TRACKING_URI has it)")
+    if parsed.scheme in ("", "file", "sqlite"):
+        raise UserError(f"MLflow tracking URI {redact(uri)}: a file on this machine, which "
+                        "trials on other nodes cannot write; use a tracking server (on a "
+                        "cluster from cluster.yaml, MLFLOW_TRACKING_URI has it)")
+
+
 
 
 def _check_tcp(address: str, timeout: float = 3.0) -> None:
@@ -264,4 +302,5 @@ def _storage_path(path: str | Path) -> str:
     return str(path) if "://" in str(path) else str(Path(path).resolve())
 
 
-__all__ = ["RayHooks", "train_on_ray", "check_shared_storage", "connect"]
+__all__ = ["RayHooks", "train_on_ray", "check_shared_storage", "connect", "cluster_address",
+           "check_tracking_uri_for_cluster"]

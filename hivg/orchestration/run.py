@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -77,7 +78,8 @@ def start_tracker(config: Config, storage: Path, run_dir: Path, options: Trackin
         "seed": str(config.seed), "preset": config.preset, "world_size": str(world_size),
         "device_type": device_type, "code_fingerprint": code_fingerprint(),
         "starting_weights": config.model.weights or "random init",
-        "run_folder": run_url or str(run_dir.resolve()), **package_tags(),
+        "run_folder": run_url or str(run_dir.resolve()), "host": socket.gethostname(),
+        **package_tags(),
         **options.extra_tags,
     }
     tracker = MlflowTracker.start(uri, experiment, run_name=mlflow_run_name(config), tags=tags,
@@ -120,6 +122,10 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
     _check_services(storage, resources, address, tracking, log)
     if sync:
         prepare_remote_run_folder(config, sync, resume)
+        if resources.on_workers:  # workers on other nodes pull data and weights from the bucket
+            from hivg.orchestration.node_inputs import share_inputs
+
+            share_inputs(config, sync.storage, log)
     else:
         RunFolder(Path(run_dir)).prepare(config.to_yaml(), resume)
     device_type = "cuda" if resources.use_gpu or config.device.startswith("cuda") \
@@ -174,6 +180,7 @@ def _check_services(storage: str | Path, resources: Resources, address: str | No
 
         from hivg.orchestration import ray_train
 
+        address = ray_train.cluster_address(address)
         ray_train.connect(address, num_cpus=None if address else max(2, resources.cpus) + 1,
                           log=log)
         check_run_fits(resources, ray.cluster_resources())
@@ -181,7 +188,12 @@ def _check_services(storage: str | Path, resources: Resources, address: str | No
     if tracking.enabled:
         from hivg.tracking import check_reachable, resolve_tracking_uri
 
-        check_reachable(resolve_tracking_uri(tracking.uri, str(storage)))
+        uri = resolve_tracking_uri(tracking.uri, str(storage))
+        check_reachable(uri)
+        if resources.on_workers:
+            from hivg.orchestration import ray_train
+
+            ray_train.check_tracking_uri_for_cluster(uri)
 
 
 def _train_here(config: Config, run_dir: Path, hooks: Any, tracker, sync, show_progress: bool,

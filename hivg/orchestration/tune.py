@@ -108,6 +108,10 @@ def _trial(tune_config: dict[str, Any], *, study: Study, storage: str, study_nam
     config = config_for(study, params.get("overrides", {}), params["dataset"], params["seed"],
                         params["variant"])
     remote = open_storage(storage)
+    if remote:  # this node may not be the driver's: its data and weights come from the bucket
+        from hivg.orchestration.node_inputs import fetch_inputs
+
+        fetch_inputs(config, remote)
     rel = f"{study_name}/{TRIALS}/{safe_name(key)}"
     folder = RunFolder((remote.mirror if remote else Path(storage)) / rel)
     if remote and not folder.summary_path.is_file() and remote.exists(f"{rel}/{SUMMARY}"):
@@ -158,7 +162,11 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / STUDY_FILE).write_text(study.text)
     if remote:
+        from hivg.orchestration.node_inputs import share_inputs
+
         push_study_files(remote, local, name)
+        for dataset in study.datasets:  # trials on other nodes pull them from the bucket
+            share_inputs(study.base.replace({"data.dataset": dataset}), remote, log)
     tracker, uri = _parent_run(study, local, name, options)
     trainable = tune.with_resources(tune.with_parameters(
         _trial, study=study, storage=remote.uri if remote else str(local), study_name=name,
@@ -203,9 +211,9 @@ def _resources(study: Study, options: StudyOptions,
         gpus_per_worker=file.gpus_per_worker if options.gpus_per_worker is None
         else options.gpus_per_worker)
     # Locally: one logical CPU more than the cores, for the fractional trial drivers.
-    ray_train.connect(options.address, log=log,
-                      num_cpus=None if options.address else (os.cpu_count() or 1) + 1)
-    reserved = 1 if not options.address and not ray_was_up else 0  # the driver's own core
+    address = ray_train.cluster_address(options.address)
+    ray_train.connect(address, log=log, num_cpus=None if address else (os.cpu_count() or 1) + 1)
+    reserved = 1 if not address and not ray_was_up else 0  # the driver's own core
     return resources, concurrent_trials(resources, ray.cluster_resources(), reserved,
                                         options.max_concurrent)
 
@@ -386,6 +394,9 @@ def _parent_run(study: Study, storage: Path, name: str, options: StudyOptions):
 
     uri = resolve_tracking_uri(options.mlflow_uri, str(storage))
     check_reachable(uri)
+    from hivg.orchestration.ray_train import check_tracking_uri_for_cluster
+
+    check_tracking_uri_for_cluster(uri)
     artifacts = (storage / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
     tracker = MlflowTracker.start(uri, name, run_name=f"study/{name}",
                                   tags={"study": name, "kind": study.kind, **package_tags()},

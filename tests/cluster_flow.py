@@ -1,0 +1,280 @@
+"""The project's cluster flow on real hosts of this machine (imported as `cluster_flow`).
+
+`LocalCluster` makes a head and worker hosts (tests/cluster_hosts.py), an S3 endpoint they
+all reach (moto_server on the test network's own address; the hosts' environment holds
+its address and test credentials, as an instance role would), a wheelhouse for pip (the
+hosts reach no package index: PIP_FIND_LINKS + PIP_NO_INDEX in their environment), a
+"laptop" HOME with a Ray token, and `cluster-local.yaml` generated from `cluster.yaml`.
+Then the user's commands, for real: `ray up`, `pipelines/cluster.py forward`, `ray job
+submit`, `ray down`.
+
+    with LocalCluster(tmp) as c:
+        c.up(); c.wait_for_nodes(3)
+        job = c.submit(["python", "pipelines/ablate.py", c.put_file("study.yaml", text)])
+        c.wait(job)
+
+Also a script that measures the flow (issue notes): `python tests/cluster_flow.py`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tools/
+
+from cluster_hosts import HOST_HOME, HOST_SYSTEM, TestNetwork, missing_requirements  # noqa: E402
+from s3_server import ACCESS_KEY, REGION, SECRET_KEY, running_s3_server  # noqa: E402
+
+from tools.processes import free_port, stop_process_group  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ray() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+class LocalCluster:
+    """A head and `workers` worker hosts, brought up from cluster.yaml's commands."""
+
+    def __init__(self, workdir: Path, workers: int = 2, worker_cpus: int = 3,
+                 log=print) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.n_workers, self.worker_cpus, self.log = workers, worker_cpus, log
+        self.bucket = f"hivg-{uuid.uuid4().hex[:10]}"
+        self.storage = f"s3://{self.bucket}/hivg"
+        self.laptop = self.workdir / "laptop"
+        self.config = self.workdir / "cluster-local.yaml"
+        self.net: TestNetwork | None = None
+        self._s3_cm = None
+        self.s3 = None
+        self.head = None
+        self.workers = []
+        self._forward: subprocess.Popen | None = None
+        self.dashboard = self.mlflow_url = None
+        self.is_up = False
+        self.token = ""
+
+    # -- making it ---------------------------------------------------------------------------
+    def __enter__(self) -> "LocalCluster":
+        reason = missing_requirements()
+        if reason:
+            raise RuntimeError(reason)
+        try:
+            self._make()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _make(self) -> None:
+        self.net = TestNetwork().__enter__()
+        self._s3_cm = running_s3_server(self.workdir / "moto.log", host=self.net.gateway)
+        self.s3 = self._s3_cm.__enter__()
+        self.s3.client().create_bucket(Bucket=self.bucket)
+        wheelhouse = self.net.base / "wheelhouse"
+        # The build requirements of `pip install -e .`, from whatever index this machine has.
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
+                        "setuptools>=68", "wheel"], check=True, capture_output=True)
+        self.net.system_files.append(wheelhouse)
+        self.net.env.update({
+            "PIP_FIND_LINKS": f"{HOST_SYSTEM}/wheelhouse", "PIP_NO_INDEX": "1",
+            "AWS_ENDPOINT_URL": self.s3.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            # The hosts share this machine's hostname resolution otherwise; gloo must
+            # announce the test network's address.
+            "GLOO_SOCKET_IFNAME": "eth0"})
+        self.head = self.net.add_host("hivg-head")
+        self.workers = [self.net.add_host(f"hivg-w{i + 1}") for i in range(self.n_workers)]
+        self.laptop.mkdir(exist_ok=True)
+        subprocess.run([_ray(), "get-auth-token", "--generate"], env=self.env(), check=True,
+                       capture_output=True)
+        self.token = (self.laptop / ".ray" / "auth_token").read_text().strip()
+        subprocess.run([sys.executable, str(REPO / "pipelines" / "cluster.py"), "local",
+                        "--head-ip", self.head.ip,
+                        *[a for w in self.workers for a in ("--worker-ip", w.ip)],
+                        "--ssh-user", "root", "--ssh-key", str(self.net.key),
+                        "--storage", self.storage, "--worker-cpus", str(self.worker_cpus),
+                        "-o", str(self.config)], check=True, capture_output=True, cwd=REPO)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The laptop's environment for Ray's CLI: its HOME (token, cluster state), token
+        authentication, and autoscaler v1 (v2 starts one local worker too few)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+        return {**env, "HOME": str(self.laptop), "RAY_AUTH_MODE": "token",
+                "RAY_UP_enable_autoscaler_v2": "0", "PYTHONUNBUFFERED": "1", **extra}
+
+    def _ray_cli(self, *args: str, timeout: float = 900, log_name: str | None = None
+                 ) -> subprocess.CompletedProcess:
+        result = subprocess.run([_ray(), *args], cwd=REPO, env=self.env(), capture_output=True,
+                                text=True, timeout=timeout)
+        if log_name:
+            (self.workdir / log_name).write_text(result.stdout + result.stderr)
+        return result
+
+    # -- the user's commands -----------------------------------------------------------------
+    def up(self) -> float:
+        """`ray up -y cluster-local.yaml`; its wall seconds."""
+        start = time.time()
+        result = self._ray_cli("up", "-y", str(self.config), log_name="ray-up.log")
+        if result.returncode != 0:
+            raise RuntimeError(f"ray up failed ({result.returncode}): "
+                               f"{(result.stdout + result.stderr)[-3000:]}")
+        self.is_up = True
+        return time.time() - start
+
+    def alive_nodes(self) -> list[dict]:
+        """Ray's alive nodes, as the head sees them."""
+        code = ("import json, ray; ray.init(address='auto', log_to_driver=False); "
+                "print(json.dumps([{'ip': n['NodeManagerAddress'], 'cpus': "
+                "n['Resources'].get('CPU', 0)} for n in ray.nodes() if n['Alive']]))")
+        result = self.head.run(f"python -c \"{code}\" 2>/dev/null", timeout=60)
+        try:
+            return json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return []
+
+    def wait_for_nodes(self, count: int, timeout: float = 300) -> float:
+        start = time.time()
+        while len(self.alive_nodes()) < count:
+            if time.time() - start > timeout:
+                raise RuntimeError(f"{count} nodes not up after {timeout:g} s: "
+                                   f"{self.alive_nodes()}; monitor log: {self.monitor_log()}")
+            time.sleep(2)
+        return time.time() - start
+
+    def monitor_log(self) -> str:
+        return self.head.run("tail -n 30 /tmp/ray/session_latest/logs/monitor.log").stdout
+
+    def forward(self) -> None:
+        """`python pipelines/cluster.py forward` in the background, as a user runs it."""
+        dash, mlf = free_port(), free_port()
+        log = open(self.workdir / "forward.log", "w")
+        self._forward = subprocess.Popen(
+            [sys.executable, str(REPO / "pipelines" / "cluster.py"), "forward", str(self.config),
+             "--dashboard-port", str(dash), "--mlflow-port", str(mlf)],
+            cwd=REPO, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        log.close()
+        self.dashboard, self.mlflow_url = f"http://127.0.0.1:{dash}", f"http://127.0.0.1:{mlf}"
+        deadline = time.time() + 60
+        while not (_answers(f"{self.dashboard}/api/version")
+                   and _answers(f"{self.mlflow_url}/health")):
+            if self._forward.poll() is not None or time.time() > deadline:
+                raise RuntimeError("port-forwarding did not come up: "
+                                   + (self.workdir / "forward.log").read_text()[-2000:])
+            time.sleep(0.5)
+
+    def put_file(self, name: str, text: str) -> str:
+        """A file in the head's HOME (a study file the user wrote there); its path there."""
+        (self.head.home / name).write_text(text)
+        return f"{HOST_HOME}/{name}"
+
+    def submit(self, entrypoint: list[str]) -> str:
+        """`ray job submit --no-wait --working-dir . -- ENTRYPOINT`; the job id."""
+        if self.dashboard is None:
+            self.forward()
+        result = self._ray_cli("job", "submit", "--address", self.dashboard, "--no-wait",
+                               "--working-dir", ".", "--", *entrypoint, timeout=300)
+        found = re.search(r"raysubmit_\w+", result.stdout + result.stderr)
+        if result.returncode != 0 or not found:
+            raise RuntimeError(f"ray job submit failed: {(result.stdout + result.stderr)[-2000:]}")
+        return found.group(0)
+
+    def follow(self, job: str, lines: list[tuple[float, str]]) -> threading.Thread:
+        """Follow the job's log in the background, each line with its arrival time."""
+        def run() -> None:
+            process = subprocess.Popen([_ray(), "job", "logs", "--address", self.dashboard,
+                                        "--follow", job], cwd=REPO, env=self.env(),
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for line in process.stdout:
+                lines.append((time.time(), line.rstrip("\n")))
+            process.wait()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def status(self, job: str) -> str:
+        out = self._ray_cli("job", "status", "--address", self.dashboard, job, timeout=60)
+        found = re.findall(r"\b(PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED)\b",
+                           out.stdout + out.stderr)
+        return found[-1] if found else "UNKNOWN"
+
+    def wait(self, job: str, timeout: float = 900) -> tuple[str, str]:
+        """Wait for the job to end; (its final status, its whole log)."""
+        deadline = time.time() + timeout
+        status = "UNKNOWN"
+        while time.time() < deadline:
+            status = self.status(job)
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                break
+            time.sleep(3)
+        logs = self._ray_cli("job", "logs", "--address", self.dashboard, job, timeout=120)
+        (self.workdir / f"{job}.log").write_text(logs.stdout)
+        return status, logs.stdout
+
+    def down(self) -> float:
+        """`ray down -y`, then what it leaves: Ray's agents on the worker hosts."""
+        start = time.time()
+        self._stop_forward()
+        self._ray_cli("down", "-y", str(self.config), log_name="ray-down.log", timeout=300)
+        elapsed = time.time() - start
+        for host in [self.head, *self.workers]:
+            if host.alive:
+                host.run("ray stop --force >/dev/null 2>&1; true", timeout=120)
+        self.is_up = False
+        return elapsed
+
+    # -- teardown -----------------------------------------------------------------------------
+    def _stop_forward(self) -> None:
+        if self._forward is not None:
+            stop_process_group(self._forward, wait_s=5)
+            self._forward = None
+
+    def close(self) -> None:
+        """Everything this made, by PID and by name: hosts (and all their processes), the
+        network, the S3 server, the laptop's cluster state and folders."""
+        self._stop_forward()
+        if self.is_up:
+            try:
+                self.down()
+            except Exception as e:  # noqa: BLE001 - the hosts go below regardless
+                self.log(f"ray down failed: {e}")
+        if self.net is not None:
+            self.net.close()
+        if self._s3_cm is not None:
+            self._s3_cm.__exit__(None, None, None)
+        # Ray's local provider keeps the cluster's state on the laptop side.
+        if self.net is not None:
+            for path in Path("/tmp/ray").glob("cluster-hivg-local*.state"):
+                if self.head is not None and self.head.ip in path.read_text(errors="ignore"):
+                    path.unlink(missing_ok=True)
+        shutil.rmtree(self.laptop, ignore_errors=True)
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers there at all (the dashboard asks for the token)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
