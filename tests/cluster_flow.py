@@ -239,6 +239,8 @@ class LocalCluster:
         for host in [self.head, *self.workers]:
             if host.alive:
                 host.run("ray stop --force >/dev/null 2>&1; true", timeout=120)
+        if self.head.alive:  # started beside Ray by start-mlflow.sh; a cloud node goes whole
+            self.head.run('kill -- "-$(cat ~/mlflow/server.pid)" 2>/dev/null; true')
         self.is_up = False
         return elapsed
 
@@ -250,7 +252,10 @@ class LocalCluster:
 
     def close(self) -> None:
         """Everything this made, by PID and by name: hosts (and all their processes), the
-        network, the S3 server, the laptop's cluster state and folders."""
+        network, the S3 server, the laptop's cluster state and folders. Idempotent."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self._stop_forward()
         if self.is_up:
             try:
@@ -278,3 +283,88 @@ def _answers(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+# -- studies the flow runs ---------------------------------------------------------------------
+def study_text(name: str, *, workers: int, cpus_per_worker: int, train: int, epochs: tuple,
+               variants: dict | None = None, seeds: tuple = (13,), batch: int = 16) -> str:
+    """A tiny-HiVG study on the synthetic benchmark, from random weights (no pre-training)."""
+    import yaml
+
+    stage_keys = {f"hilora.stages.stage{i}.epochs": e for i, e in enumerate(epochs)}
+    stage_keys.update({f"hilora.stages.stage{i}.batch_size": batch for i in range(len(epochs))})
+    return yaml.safe_dump({
+        "name": name, "base": "tiny",
+        "overrides": {"model.weights": "random", "data.max_train_samples": train,
+                      "data.max_eval_samples": 40, "data.augment": False,
+                      "hilora.num_stages": len(epochs), **stage_keys},
+        "variants": variants or {"baseline": {}}, "seeds": list(seeds),
+        "datasets": ["synthetic"],
+        "resources": {"workers": workers, "cpus_per_worker": cpus_per_worker,
+                      "gpus_per_worker": 0}}, sort_keys=False)
+
+
+def trial_folders(c: LocalCluster, study: str) -> dict[str, dict[str, bytes]]:
+    """{trial folder: {file: bytes}} of a study's trials in the bucket (no checkpoints)."""
+    client = c.s3.client()
+    prefix = f"hivg/{study}/trials/"
+    found: dict[str, dict[str, bytes]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=c.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix):]
+            trial, _, name = rel.partition("/")
+            if name in ("summary.json", "metrics.jsonl", "config.yaml"):
+                body = client.get_object(Bucket=c.bucket, Key=obj["Key"])["Body"].read()
+                found.setdefault(trial, {})[name] = body
+    return found
+
+
+def mlflow_runs(c: LocalCluster, experiment: str) -> list:
+    """Every run of an experiment on the head's MLflow server (through the port-forward)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(c.mlflow_url)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def run_with_host_loss(c: LocalCluster, name: str, text: str, log=print) -> dict:
+    """Submit the study, kill the worker host that runs a trial once that trial's first
+    epoch is in the bucket, and wait for the study to finish on what is left. Returns what
+    happened: the job's status and log, the host lost, the trial(s) it ran, and the seconds
+    from the loss to each interrupted trial's "resuming ..." line (the trainer prints it just
+    before its first step)."""
+    path = c.put_file(f"{name}.yaml", text)
+    job = c.submit(["python", "pipelines/ablate.py", path, "--max-concurrent", "2"])
+    lines: list[tuple[float, str]] = []
+    c.follow(job, lines)
+    deadline = time.time() + 600
+    victim = None
+    while victim is None:
+        if time.time() > deadline or c.status(job) in ("FAILED", "STOPPED", "SUCCEEDED"):
+            raise RuntimeError(f"no trial reached its first epoch to interrupt: "
+                               f"{[l for _, l in lines][-30:]}")
+        for trial, files in trial_folders(c, name).items():
+            rows = [json.loads(r) for r in files.get("metrics.jsonl", b"").splitlines()]
+            if "summary.json" not in files and any(r["epoch"] >= 1 for r in rows):
+                hosts = {r.data.tags.get("host") for r in mlflow_runs(c, name)
+                         if r.data.tags.get("trial_key", "").replace("/", "_") == trial
+                         and r.info.status == "RUNNING"}
+                if len(hosts) == 1:
+                    victim = (trial, hosts.pop())
+                    break
+        time.sleep(1)
+    host = next(h for h in c.workers if h.name == victim[1])
+    running_there = [r.data.tags["trial_key"].replace("/", "_") for r in mlflow_runs(c, name)
+                     if r.data.tags.get("host") == host.name and r.info.status == "RUNNING"]
+    killed_at = time.time()
+    host.kill()
+    log(f"killed {host.name} ({host.ip}) while it trained {', '.join(running_there)}")
+    status, text_log = c.wait(job, timeout=900)
+    resumed = {}
+    for trial in running_there:
+        hits = [t for t, line in lines if f"resuming {trial} at " in line]
+        resumed[trial] = round(hits[0] - killed_at, 1) if hits else None
+    return {"job": job, "status": status, "log": text_log, "lines": lines, "host": host,
+            "interrupted": running_there, "seconds_to_resume": resumed,
+            "killed_at": killed_at}

@@ -35,6 +35,7 @@ from tools.processes import free_port, stop_process_group
 # Distinctive values, so a test can look for them in everything written (they must not be).
 ACCESS_KEY, SECRET_KEY = "AKIAHIVGTESTACCESSKEY", "hivg-test-secret-key-must-never-be-written"
 REGION = "us-east-1"
+REPO = Path(__file__).resolve().parents[1]
 
 
 
@@ -84,7 +85,10 @@ def running_s3_server(log: Path, host: str = "127.0.0.1") -> Iterator[S3Server]:
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, __file__, str(port), host], stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"})
+                                   env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
+                                        # tools/ (free_port) from the repository root
+                                        "PYTHONPATH": os.pathsep.join(filter(None, [
+                                            str(REPO), os.environ.get("PYTHONPATH")]))})
     url = f"http://{host}:{port}"
     try:
         deadline = time.time() + 30

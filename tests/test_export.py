@@ -29,9 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 def trained_checkpoint(path: Path):
     """A tiny HiVG at stage 2 (paper policy: stage1's adapters frozen, stage2's live), every
     adapter non-zero, saved as the trainer saves a checkpoint."""
-    stages = [StageConfig(name="stage0"),
-              StageConfig(name="stage1", vision_layers=[0, 1], text_layers=[0, 3], rank=4, alpha=8),
-              StageConfig(name="stage2", vision_layers=[0, 3], text_layers=[2, 3], rank=4, alpha=8)]
+    schedule = dict(epochs=1, lr=1e-4, batch_size=8)
+    stages = [StageConfig(name="stage0", **schedule),
+              StageConfig(name="stage1", vision_layers=[0, 1], text_layers=[0, 3], rank=4,
+                          alpha=8, **schedule),
+              StageConfig(name="stage2", vision_layers=[0, 3], text_layers=[2, 3], rank=4,
+                          alpha=8, **schedule)]
     config = dataclasses.replace(load_preset("tiny").replace({"model.weights": "random"}),
                                  hilora=HiLoRAConfig(policy="paper", stages=stages))
     torch.manual_seed(0)

@@ -217,6 +217,23 @@ def connect(address: str | None, num_cpus: float | None = None, log: Callable[[s
         f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
 
 
+def cluster_capacity() -> dict[str, float]:
+    """What the cluster can hold: its nodes' resources now, or more where its autoscaler may
+    add nodes (the node types of cluster.yaml, published in the GCS by Ray's autoscaler). A
+    fresh `ray up` cluster has no GPU node yet; its studies must still start."""
+    import ray
+    from ray._private.state import state
+
+    capacity = dict(ray.cluster_resources())
+    try:
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - no autoscaler (a local Ray): what is there is all
+        most = {}
+    for key, value in most.items():
+        capacity[key] = max(capacity.get(key, 0.0), float(value))
+    return capacity
+
+
 def check_tracking_uri_for_cluster(uri: str | None) -> None:
     """On a cluster of several nodes, refuse an MLflow URI only this machine can use: a
     server on loopback (a worker's 127.0.0.1 is the worker), or a file store (each node
@@ -303,4 +320,4 @@ def _storage_path(path: str | Path) -> str:
 
 
 __all__ = ["RayHooks", "train_on_ray", "check_shared_storage", "connect", "cluster_address",
-           "check_tracking_uri_for_cluster"]
+           "check_tracking_uri_for_cluster", "cluster_capacity"]

@@ -183,7 +183,7 @@ def _check_services(storage: str | Path, resources: Resources, address: str | No
         address = ray_train.cluster_address(address)
         ray_train.connect(address, num_cpus=None if address else max(2, resources.cpus) + 1,
                           log=log)
-        check_run_fits(resources, ray.cluster_resources())
+        check_run_fits(resources, ray_train.cluster_capacity())
         ray_train.check_shared_storage(storage)
     if tracking.enabled:
         from hivg.tracking import check_reachable, resolve_tracking_uri

@@ -214,7 +214,7 @@ def _resources(study: Study, options: StudyOptions,
     address = ray_train.cluster_address(options.address)
     ray_train.connect(address, log=log, num_cpus=None if address else (os.cpu_count() or 1) + 1)
     reserved = 1 if not address and not ray_was_up else 0  # the driver's own core
-    return resources, concurrent_trials(resources, ray.cluster_resources(), reserved,
+    return resources, concurrent_trials(resources, ray_train.cluster_capacity(), reserved,
                                         options.max_concurrent)
 
 

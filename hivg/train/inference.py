@@ -38,8 +38,11 @@ def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn
 
 
 def evaluate_checkpoint(checkpoint: Path, dataset: str, data_dir: Path, splits: list[str] | None,
-                        out_dir: Path, device: str = "auto",
-                        batch_size: int | None = None) -> dict[str, Any]:
+                        out_dir: Path, device: str = "auto", batch_size: int | None = None,
+                        max_samples: int | None = None) -> dict[str, Any]:
+    """Evaluate a training checkpoint on `splits` (default: every prepared split but train),
+    writing predictions to `out_dir`; `max_samples` caps each split as the run's
+    data.max_eval_samples did (None: every row)."""
     dev = TrainHooks().device(device)
     model, config = load_trained_model(checkpoint, dev)
     available = list_splits(data_dir, dataset)
@@ -51,7 +54,7 @@ def evaluate_checkpoint(checkpoint: Path, dataset: str, data_dir: Path, splits: 
             raise ConfigError(f"--split: {split!r} is not prepared for {dataset} "
                               f"(found {', '.join(available)})")
     data = dataclasses.replace(config.data, dataset=dataset, data_dir=str(data_dir),
-                               max_eval_samples=None)
+                               max_eval_samples=max_samples)
     results: dict[str, Any] = {}
     for split in splits:
         ds = build_dataset(data, split, config.model.image_size, config.model.context_length,
