@@ -64,6 +64,7 @@ def test_the_local_cluster_file_is_generated_from_the_aws_one_and_valid():
 
 def test_every_value_a_user_changes_sits_at_the_top():
     text = AWS.read_text()
+    assert text.startswith("# ray up cluster.yaml\n")  # the command that runs it, first
     setup = text.index("---- How every node is set up")
     for needle in ("cluster_name:", "region:", "max_workers: 10", "idle_timeout_minutes:",
                    "HIVG_STORAGE=s3://YOUR-BUCKET/hivg", "InstanceType:", "MarketType: spot"):

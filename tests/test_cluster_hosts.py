@@ -41,7 +41,7 @@ def test_ray_up_brings_up_the_head_with_mlflow_and_both_workers(cluster):
     assert nodes == {cluster.head.ip: 0, **{w.ip: 3 for w in cluster.workers}}
     # Every node installed this project from its synced copy, with the pinned Ray.
     for host in [cluster.head, *cluster.workers]:
-        out = host.run("python -c 'import hivg, ray; print(hivg.__file__, ray.__version__)'")
+        out = host.run("python -P -c 'import hivg, ray; print(hivg.__file__, ray.__version__)'")
         path, version = out.stdout.split()
         assert path == "/home/hivg/hivg/hivg/__init__.py" and version == __import__("ray").__version__
         assert host.run("echo $RAY_AUTH_MODE $HIVG_STORAGE").stdout.split() == \

@@ -371,16 +371,3 @@ def test_defaults_and_base_path_relative_to_the_file(tmp_path):
             study.resources.gpus_per_worker) == (1, 1.0, 0.0)
     none = load_study(write(tmp_path, GOOD_SPACE + "scheduler: none\n"))
     assert none.scheduler is None
-
-
-def test_cluster_yaml_is_a_ray_autoscaler_config_that_installs_the_cluster_extra():
-    import yaml
-
-    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    assert (REPO / "cluster.yaml").read_text().startswith("# ray up cluster.yaml")
-    assert cluster["provider"]["type"] == "aws" and cluster["head_node_type"] in \
-        cluster["available_node_types"]
-    assert any(t["resources"].get("GPU") for t in cluster["available_node_types"].values())
-    assert any('.[cluster]' in c for c in cluster["setup_commands"])
-    text = (REPO / "cluster.yaml").read_text().lower()
-    assert "aws_secret_access_key" not in text and "akia" not in text
