@@ -8,7 +8,8 @@
 #   - Writes ~/.hivg/mlflow.env (MLFLOW_TRACKING_URI=http://PRIVATE-IP:5000). Every login
 #     shell on the head reads it, and so does `ray start --head`, whose jobs inherit it:
 #     a study submitted with `ray job submit` logs there with no flag.
-# Started again (the old server stopped by its process group) on every `ray up`.
+# Started again (the old server stopped by its process group) on every `ray up`; stopped
+# when Ray stops on the head.
 set -euo pipefail
 mkdir -p ~/mlflow ~/.hivg
 ip=$(python -c "import ray.util; print(ray.util.get_node_ip_address())" 2>/dev/null)
@@ -23,7 +24,14 @@ fi
 nohup setsid mlflow server --host "$ip" --port "$port" --workers 2 \
     --backend-store-uri "$backend" --artifacts-destination "$HIVG_STORAGE/mlartifacts" \
     > ~/mlflow/server.log 2>&1 < /dev/null &
-echo $! > ~/mlflow/server.pid
+server=$!
+echo $server > ~/mlflow/server.pid
+# The server stops with Ray on this node: `ray down` (and `ray stop`) end the raylet, and
+# on machines that stay up (cluster-local.yaml) nothing else would stop MLflow.
+nohup setsid bash -c "
+    for _ in \$(seq 300); do pgrep -x raylet >/dev/null && break; sleep 1; done
+    while pgrep -x raylet >/dev/null; do sleep 2; done
+    kill -- -$server 2>/dev/null" > /dev/null 2>&1 < /dev/null &
 echo "export MLFLOW_TRACKING_URI=http://$ip:$port" > ~/.hivg/mlflow.env
 
 for _ in $(seq 90); do

@@ -45,6 +45,10 @@ def _ray() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
+# Ray's and MLflow's processes (bracketed so a shell running pgrep never matches itself).
+LEFTOVER_PATTERN = "[r]aylet|[g]cs_server|[m]lflow"
+
+
 class LocalCluster:
     """A head and `workers` worker hosts, brought up from cluster.yaml's commands."""
 
@@ -239,8 +243,12 @@ class LocalCluster:
         for host in [self.head, *self.workers]:
             if host.alive:
                 host.run("ray stop --force >/dev/null 2>&1; true", timeout=120)
-        if self.head.alive:  # started beside Ray by start-mlflow.sh; a cloud node goes whole
-            self.head.run('kill -- "-$(cat ~/mlflow/server.pid)" 2>/dev/null; true')
+        # MLflow stops by itself once the head's raylet is gone (start-mlflow.sh's watchdog).
+        for host in [self.head, *self.workers]:
+            deadline = time.time() + 60
+            while host.alive and time.time() < deadline and host.run(
+                    f"pgrep -f '{LEFTOVER_PATTERN}' || true").stdout.strip():
+                time.sleep(1)
         self.is_up = False
         return elapsed
 
@@ -368,3 +376,51 @@ def run_with_host_loss(c: LocalCluster, name: str, text: str, log=print) -> dict
     return {"job": job, "status": status, "log": text_log, "lines": lines, "host": host,
             "interrupted": running_there, "seconds_to_resume": resumed,
             "killed_at": killed_at}
+
+
+# -- measuring it (issue notes) ----------------------------------------------------------------
+def measure(workdir: Path) -> dict:
+    """`ray up`/`ray down` wall time, one 4-trial study on the hosts against the same study
+    on a plain local Ray (this machine, same command), and the seconds from a worker host's
+    loss to the interrupted trial's resumption. Everything in one run."""
+    out: dict = {}
+    text = study_text("four-trials", workers=0, cpus_per_worker=1, train=240, epochs=(2, 1),
+                      variants={"baseline": {}, "no-bridge": {"model.bridge.enabled": False}},
+                      seeds=(13, 14))
+    with LocalCluster(workdir / "cluster") as c:
+        out["ray_up_s"] = round(c.up(), 1)
+        out["nodes_alive_after_up_s"] = round(c.wait_for_nodes(3), 1)
+        c.forward()
+        start = time.time()
+        job = c.submit(["python", "pipelines/ablate.py", c.put_file("four.yaml", text),
+                        "--max-concurrent", "2"])
+        status, _ = c.wait(job, timeout=1800)
+        out["four_trial_study_on_hosts_s"] = round(time.time() - start, 1)
+        out["four_trial_study_on_hosts_status"] = status
+        loss = run_with_host_loss(c, "host-loss", study_text(
+            "host-loss", workers=0, cpus_per_worker=1, train=240, epochs=(3, 1),
+            variants={"baseline": {}, "no-bridge": {"model.bridge.enabled": False}},
+            seeds=(13, 14)))
+        out["host_loss_status"] = loss["status"]
+        out["seconds_from_host_loss_to_resumed_trial"] = loss["seconds_to_resume"]
+        out["ray_down_s"] = round(c.down(), 1)
+    # The same study, the same command, on a plain local Ray here (2 cores).
+    local = workdir / "local"
+    local.mkdir(parents=True, exist_ok=True)
+    (local / "four.yaml").write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    start = time.time()
+    result = subprocess.run([sys.executable, str(REPO / "pipelines" / "ablate.py"),
+                             str(local / "four.yaml"), "--storage", str(local / "runs"),
+                             "--max-concurrent", "2"], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    out["four_trial_study_on_local_ray_s"] = round(time.time() - start, 1)
+    out["four_trial_study_on_local_ray_exit"] = result.returncode
+    return out
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hivg-cluster-measure-") as tmp:
+        print(json.dumps(measure(Path(tmp)), indent=2))

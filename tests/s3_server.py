@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -33,7 +34,11 @@ import pytest
 from tools.processes import free_port, stop_process_group
 
 # Distinctive values, so a test can look for them in everything written (they must not be).
-ACCESS_KEY, SECRET_KEY = "AKIAHIVGTESTACCESSKEY", "hivg-test-secret-key-must-never-be-written"
+# The secret is made per test session (kept in the environment for the processes the tests
+# start): a literal here would be found in every copy of this file a job ships to a node.
+ACCESS_KEY = "AKIAHIVGTESTACCESSKEY"
+SECRET_KEY = os.environ.setdefault("HIVG_TEST_S3_SECRET",
+                                   "hivg-test-secret-" + secrets.token_hex(12))
 REGION = "us-east-1"
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("moto")
 
-from cluster_flow import (LocalCluster, mlflow_runs, run_with_host_loss,  # noqa: E402
-                          study_text, trial_folders)
+from cluster_flow import (LEFTOVER_PATTERN, LocalCluster, mlflow_runs,  # noqa: E402
+                          run_with_host_loss, study_text, trial_folders)
 from cluster_hosts import missing_requirements  # noqa: E402
 from s3_server import SECRET_KEY  # noqa: E402
 
@@ -162,7 +162,7 @@ def test_ray_down_stops_everything_and_the_test_removes_what_it_made(cluster):
         if host.alive:  # PID 1 and sshd only: no Ray, no MLflow
             left = host.run("ps -eo comm= | sort | uniq").stdout.split()
             assert set(left) <= {"python", "sshd", "ps", "sort", "uniq", "bash"}, left
-            assert not host.run("pgrep -f 'raylet|gcs_server|mlflow'").stdout.strip()
+            assert not host.run(f"pgrep -f '{LEFTOVER_PATTERN}' || true").stdout.strip()
     net = cluster.net
     cluster.close()
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
