@@ -136,7 +136,7 @@ class ModelConfig:
         "channels)", default="full")
     attention: Literal["eager", "sdpa"] = _help(
         "eager (the released code's attention) or sdpa (fused kernels)", default="sdpa")
-    # dense learns in far fewer samples, which the tiny CPU model needs (README, "learning").
+    # dense learns in far fewer samples, which the tiny CPU model needs (docs/results.md).
     box_head: Literal["reg", "dense"] = _help(
         "reg: the paper's box regressor on [REG]; dense: every patch regresses the box of the "
         "object it lies on and the alignment map picks the patch (needs the alignment loss)",

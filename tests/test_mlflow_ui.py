@@ -22,7 +22,7 @@ from tools.browser import (CHROMEDRIVER, CHROMIUM, COMPARE_WINDOW_SIZE,
 from mlflow_server import running_mlflow_server
 
 REPO = Path(__file__).resolve().parents[1]
-README_SCREENSHOT = REPO / "docs" / "mlflow-compare.png"
+DOCS_SCREENSHOT = REPO / "docs" / "mlflow-compare.png"
 RENDER_TIMEOUT_S = 60.0
 
 PARENT = "study/demo"
@@ -97,5 +97,5 @@ def test_experiment_and_compare_view_in_headless_chromium(tmp_path):
         finally:
             driver.quit()
     if os.environ.get("HIVG_SAVE_SCREENSHOT") == "1":
-        README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, README_SCREENSHOT)
+        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, DOCS_SCREENSHOT)

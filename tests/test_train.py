@@ -1,5 +1,5 @@
 """The trainer: it learns, resumes where it stopped, stops cleanly on a non-finite loss,
-and writes the run folder of DESIGN.md. Real tiny open_clip model, real synthetic data."""
+and writes the run folder of docs/design.md. Real tiny open_clip model, real synthetic data."""
 from __future__ import annotations
 
 import json

@@ -1,6 +1,6 @@
 """`benchmark.py --training-step`: one optimizer step (forward, loss, backward, AdamW) on random
 inputs at stage 0 and at the last HiLoRA stage, under both profiles (hivg.train.profile), the
-bare frozen backbone's step (DESIGN.md's anchor), inference and the input pipeline.
+bare frozen backbone's step (docs/design.md's measured anchors), inference and the input pipeline.
 
 Per row: images/s, step ms (median of the timed steps), peak memory (CUDA:
 max_memory_allocated per row; CPU: the process's RSS high-water mark, which only grows across

@@ -12,7 +12,7 @@ exact mapping, so one may reach into that sliver of padding). A shard that
 holds a pre-resized image is mapped through the same Placement: the source box is scaled by
 stored/original size, so boxes, scale and offset are identical to the loose-file path.
 
-Evaluation: long side to S, centred (the released code's rounding). Training (DESIGN.md,
+Evaluation: long side to S, centred (the released code's rounding). Training (docs/design.md,
 the released recipe expressed as fractions of the canvas, which is 640 there):
   - with p=0.5, unless the phrase has a spatial word: resize the short side to
     {400, 500, 600}/640 S, crop a random {384..600}/640 S rectangle that keeps the whole

@@ -41,6 +41,6 @@ class BridgeLayer(nn.Module):
             L = text_levels[0].shape[1]
             text_levels = [t + w[:L] * t for t, w in zip(text_levels, self.level_weights)]
         kv = self.gate(torch.cat(text_levels, dim=-1))
-        # Padding after end-of-text is masked (the released code attends to it; see DESIGN notes).
+        # Padding after end-of-text is masked (the released code attends to it; docs/design.md).
         y = self.cross_attn(self.norm(x), kv, key_padding_mask=text_padding)
         return x + self.mlp(y)
