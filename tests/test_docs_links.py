@@ -96,9 +96,9 @@ def test_the_readme_is_short():
 
 def test_the_readme_keeps_the_ci_test_command():
     """.ci/run runs the README's test command; the two stay the same."""
-    command = 'pip install -e ".[test]" && python -m pytest -q'
-    assert command in (REPO / ".ci" / "run").read_text()
-    assert command in (REPO / "README.md").read_text()
+    command = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert command.startswith("pip install") and command.endswith("python -m pytest -q")
+    assert f"    {command}\n" in (REPO / "README.md").read_text()
 
 
 def test_the_link_checker_finds_a_broken_link(tmp_path):
