@@ -217,9 +217,14 @@ class LocalCluster:
 
     def status(self, job: str) -> str:
         out = self._ray_cli("job", "status", "--address", self.dashboard, job, timeout=60)
-        found = re.findall(r"\b(PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED)\b",
-                           out.stdout + out.stderr)
-        return found[-1] if found else "UNKNOWN"
+        # "Job 'ID' succeeded" / "... failed" / "... was stopped", else "Status for job 'ID': S".
+        text = out.stdout + out.stderr
+        ended = re.search(r"Job '\S+' (succeeded|failed|was stopped)", text)
+        if ended:
+            return {"succeeded": "SUCCEEDED", "failed": "FAILED",
+                    "was stopped": "STOPPED"}[ended.group(1)]
+        current = re.search(r"Status for job '\S+': (?:JobStatus\.)?(\w+)", text)
+        return current.group(1) if current else "UNKNOWN"
 
     def wait(self, job: str, timeout: float = 900) -> tuple[str, str]:
         """Wait for the job to end; (its final status, its whole log)."""
