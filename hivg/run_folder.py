@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,11 @@ TRIALS = "trials"  # {study}/trials/{trial}/: a study's run folders
 # Where a run finds its inputs and how it is placed, not what it computes: left out of its
 # identity, so moving the data or running on other hardware reuses a finished trial.
 PLACEMENT_KEYS = ("data.data_dir", "data.num_workers", "device")
+
+
+def safe_name(text: str) -> str:
+    """A trial key (`variant/dataset/seed13`) as one folder name."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
 
 
 def acc50(split: str) -> str:

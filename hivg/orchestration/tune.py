@@ -39,7 +39,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from hivg.orchestration.run import TrackingOptions, run_training
 from hivg.orchestration.search_space import (Study, config_for, grid_points,
                                              sample_space, variant_trials)
 from hivg.run_folder import (CONFIG, IDENTITY, PREDICTIONS, RESULT_FILES, SUMMARY, TRIALS,
-                             Identity, RunFolder, Trial, load_trials)
+                             Identity, RunFolder, Trial, load_trials, safe_name)
 
 EPOCH_ATTR = "global_epoch"  # our own counter: Tune's iteration restarts after a restore
 SUPERSEDED = "superseded"  # {study}/superseded/: run folders of trials whose config changed
@@ -77,10 +76,6 @@ class StudyOptions:
     search_seed: int = 0
     grid: bool = False                      # spaces: the full grid instead of TPE
     scheduler: bool | None = None           # None: the study file's choice
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
 
 
 # -- the trial ------------------------------------------------------------------------------
