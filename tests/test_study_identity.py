@@ -126,3 +126,59 @@ def test_earlier_study_files_are_kept_never_overwritten(tmp_path):
         assert {p.name: p.read_text() for p in study_dir.glob("study.*.yaml")} == kept
     assert lines == ["study file changed: the earlier version is kept as ident/study.1.yaml",
                      "study file changed: the earlier version is kept as ident/study.2.yaml"]
+
+
+@pytest.mark.slow
+def test_a_rerun_of_an_edited_study_trains_only_what_changed_or_is_new(
+        local_ray, synthetic_storage, tmp_path):
+    """A real study on Ray, edited and run again with --resume: the changed variant and the
+    new one train, the unchanged one is reused, the removed one leaves the table."""
+    from test_tune import SHORT
+
+    def study_file(variants: str) -> Path:
+        path = tmp_path / "e2e.yaml"
+        path.write_text("name: e2e\nbase: tiny\ndatasets: [synthetic]\nseeds: [13]\n"
+                        "resources: {workers: 0, cpus_per_worker: 1}\n"
+                        + SHORT.format(e0=1).replace(
+                            "overrides:\n",
+                            f"overrides:\n  data.data_dir: {synthetic_storage / 'data'}\n")
+                        + "variants:\n" + variants)
+        return path
+
+    from hivg.orchestration.tune import run_study
+
+    storage = tmp_path / "storage"
+    options = StudyOptions(name="e2e", workers_per_trial=0, mlflow=False)
+    first = run_study(load_study(study_file("  baseline: {}\n  same: {loss.giou: 1.0}\n"
+                                            "  gone: {optim.weight_decay: 0.01}\n")),
+                      storage, options, log=lambda _m: None)
+    assert [r["variant"] for r in first["rows"]] == ["baseline", "same", "gone"]
+    trials = storage / "e2e" / TRIALS
+    summaries = {v: (trials / f"{v}_synthetic_seed13" / "summary.json").read_bytes()
+                 for v in ("baseline", "same")}
+    assert json.loads((trials / "baseline_synthetic_seed13" / "identity.json").read_text())["hash"]
+
+    lines: list[str] = []
+    edited = load_study(study_file("  baseline: {optim.weight_decay: 0.001}\n"
+                                   "  same: {loss.giou: 1.0}\n"
+                                   "  new: {model.bridge.enabled: false}\n"))
+    again = run_study(edited, storage, StudyOptions(name="e2e", workers_per_trial=0,
+                                                    mlflow=False, resume=True),
+                      log=lines.append)
+    assert "changed: baseline/synthetic/seed13 (config differs: optim.weight_decay)" in lines
+    assert any(m.startswith("study file changed: the earlier version is kept as "
+                            "e2e/study.1.yaml") for m in lines)
+    assert [r["variant"] for r in again["rows"]] == ["baseline", "same", "new"]
+    assert [m for m in lines if m.startswith("changed:")] == \
+        ["changed: baseline/synthetic/seed13 (config differs: optim.weight_decay)"]
+    assert not again["failed_trials"]
+    # The changed trial trained again (its old results set aside), the removed one stayed.
+    assert (trials / "baseline_synthetic_seed13" / "summary.json").read_bytes() != \
+        summaries["baseline"]
+    assert (trials / "same_synthetic_seed13" / "summary.json").read_bytes() == \
+        summaries["same"]  # reused, not retrained
+    assert len(list((storage / "e2e" / SUPERSEDED).iterdir())) == 1
+    assert (trials / "gone_synthetic_seed13" / "summary.json").is_file()
+    assert "gone" not in (storage / "e2e" / "table.md").read_text()
+    assert (storage / "e2e" / "study.1.yaml").read_text() != \
+        (storage / "e2e" / "study.yaml").read_text()
