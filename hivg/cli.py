@@ -154,11 +154,20 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
                    help="run only these of the study's datasets (or all)")
     p.add_argument("--skip-missing", action="store_true",
                    help="run the prepared datasets, leave out the rest (said under the table)")
+    p.add_argument("--list", action="store_true",
+                   help="list the studies under --storage (trials finished, errored, started, "
+                        "pending; best so far) and exit")
 
 
-def run_study_command(path: str, kind: str, args: argparse.Namespace, **options: Any) -> int:
+def run_study_command(path: str | None, kind: str, args: argparse.Namespace, **options: Any) -> int:
     """ablate.py (kind variants) and sweep.py (kind space): load and check the study file,
     make data and weights once, run every trial, print the table and write the report."""
+    if getattr(args, "list", False):
+        from hivg.orchestration.study_list import list_command
+
+        return list_command(args.storage)
+    if path is None:
+        raise UserError("expected a study file (or --list)")
     from hivg.orchestration.search_space import load_study
     from hivg.orchestration.tune import run_study, study_storage
 

@@ -8,6 +8,8 @@
         checkpoints/best.pt          the selected checkpoint (the last stage's best)
         predictions/SPLIT.parquet    one row per expression: id, box, IoU, hit
         summary.json                 final acc50 of every split, best stage and epoch, ...
+        identity.json                a study trial's identity: the hash of its config
+                                     without paths or placement (written when it finishes)
 
 The trainer (hivg.train.fit) writes it, the driver (hivg.orchestration.run) prepares it, and
 studies, reports and benchmarks read it back through `RunFolder` and `load_trials` (a study
@@ -15,8 +17,11 @@ keeps its trials' run folders under `{storage}/{study}/trials/`). Plain Python: 
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +36,20 @@ from hivg.errors import UserError
 # The per-epoch metric that picks each stage's checkpoint: the only one a searcher sees.
 SELECTION_METRIC = "val/acc50"
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
+IDENTITY = "identity.json"
 CHECKPOINTS, PREDICTIONS = "checkpoints", "predictions"
 BEST, LAST = "best.pt", "last.pt"
 # What tables and reports read from a trial (with predictions/); checkpoints stay put.
-RESULT_FILES = (SUMMARY, CONFIG, METRICS)
+RESULT_FILES = (SUMMARY, CONFIG, METRICS, IDENTITY)
 TRIALS = "trials"  # {study}/trials/{trial}/: a study's run folders
+# Where a run finds its inputs and how it is placed, not what it computes: left out of its
+# identity, so moving the data or running on other hardware reuses a finished trial.
+PLACEMENT_KEYS = ("data.data_dir", "data.num_workers", "device")
+
+
+def safe_name(text: str) -> str:
+    """A trial key (`variant/dataset/seed13`) as one folder name."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
 
 
 def acc50(split: str) -> str:
@@ -63,6 +77,10 @@ class RunFolder:
     @property
     def summary_path(self) -> Path:
         return self.path / SUMMARY
+
+    @property
+    def identity_path(self) -> Path:
+        return self.path / IDENTITY
 
     @property
     def checkpoints(self) -> Path:
@@ -117,6 +135,11 @@ class RunFolder:
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.summary_path.write_text(json.dumps(summary, indent=2))
 
+    def write_identity(self, identity: "Identity") -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.identity_path.write_text(json.dumps(
+            {"hash": identity.hash, "config": identity.config}, indent=1, sort_keys=True))
+
     # -- reading -------------------------------------------------------------------------
     def read_config(self) -> Optional[dict[str, Any]]:
         """config.yaml as a plain tree (None: not started)."""
@@ -129,6 +152,16 @@ class RunFolder:
         if not self.summary_path.is_file():
             return None
         return json.loads(self.summary_path.read_text())
+
+    def read_identity(self) -> Optional["Identity"]:
+        """The identity the run was stored with: identity.json, else (a run that stopped
+        before writing it, or one from before identities) its config.yaml's; None: not
+        started."""
+        if self.identity_path.is_file():
+            data = json.loads(self.identity_path.read_text())
+            return Identity(str(data["hash"]), data.get("config") or {})
+        config = self.read_config()
+        return None if config is None else Identity.of(config)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.is_file():
@@ -148,6 +181,61 @@ class RunFolder:
         ids = np.asarray(table.column("id").to_pylist(), dtype=str)
         hits = np.asarray(table.column("hit").to_numpy(zero_copy_only=False), dtype=bool)
         return ids, hits
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a trial is: its resolved config without paths or placement, and that tree's
+    hash. Two trials with the same hash train the same thing."""
+
+    hash: str
+    config: dict[str, Any]
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> "Identity":
+        """From a resolved config as a plain tree (Config.to_dict(), or config.yaml)."""
+        tree = identity_tree(config)
+        text = json.dumps(tree, sort_keys=True, default=str)
+        return cls(hashlib.sha256(text.encode()).hexdigest()[:16], tree)
+
+    def differences(self, other: "Identity") -> list[str]:
+        """The dotted config keys whose values differ between the two."""
+        mine, theirs = _flatten(self.config), _flatten(other.config)
+        return sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+
+
+def identity_tree(config: dict[str, Any]) -> dict[str, Any]:
+    """A config tree without PLACEMENT_KEYS; model.weights reduced to its file name (which
+    weights, not where they lie)."""
+    tree = json.loads(json.dumps(copy.deepcopy(config), default=str))  # tuples -> lists
+    for key in PLACEMENT_KEYS:
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    model = tree.get("model")
+    if isinstance(model, dict) and isinstance(model.get("weights"), str):
+        model["weights"] = Path(model["weights"]).name
+    return tree
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to leaf values; a list of named mappings (hilora.stages) by name, as the
+    config's own key grammar spells them."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) and "name" in v
+                                               for v in tree):
+        out = {}
+        for v in tree:
+            out.update(_flatten(v, f"{prefix}{v['name']}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(tree, sort_keys=True)}
 
 
 @dataclass
@@ -273,4 +361,4 @@ def _finite(value: Any) -> bool:
         math.isfinite(value)
 
 
-__all__ = ["RunFolder", "Trial", "load_trials", "acc50", "SELECTION_METRIC", "RESULT_FILES"]
+__all__ = ["RunFolder", "Trial", "Identity", "load_trials", "acc50", "SELECTION_METRIC", "RESULT_FILES"]

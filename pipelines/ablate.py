@@ -3,6 +3,7 @@
     python pipelines/ablate.py                                   # search_spaces/demo.yaml
     python pipelines/ablate.py search_spaces/hivg_components.yaml --address auto
     python pipelines/ablate.py STUDY.yaml --resume               # continue where it stopped
+    python pipelines/ablate.py --list --storage s3://BUCKET/studies  # the studies there
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
     python pipelines/sweep.py search_spaces/hilora_ranks.yaml --num-samples 24
     python pipelines/sweep.py SPACE.yaml --grid                  # every grid point
     python pipelines/sweep.py SPACE.yaml --resume                # continue where it stopped
+    python pipelines/sweep.py --list --storage s3://BUCKET/studies   # the studies there
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hivg.cli import add_study_flags, run_main, run_study_command
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("space", help="search space YAML with `space:`")
+    p.add_argument("space", nargs="?", help="search space YAML with `space:`")
     add_study_flags(p)
     p.add_argument("--grid", action="store_true", help="the full grid instead of TPE")
     p.add_argument("--no-asha", action="store_true", help="no early stopping")

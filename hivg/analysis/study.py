@@ -99,6 +99,9 @@ def load_study_results(storage: str | Path, study_name: str) -> StudyResults:
     metric = results.get("metric") or spec.get("metric") or SELECTION_METRIC
     mode = spec.get("mode") or "max"
     all_trials = sorted(load_trials(directory), key=lambda t: trial_order(t.variant))
+    if results.get("trial_folders") is not None:  # trials the study no longer has stay out
+        current = set(results["trial_folders"])
+        all_trials = [t for t in all_trials if t.folder.name in current]
     trials = [t for t in all_trials if t.finished]
     datasets = list(dict.fromkeys([r["dataset"] for r in results.get("rows") or []] +
                                   [t.dataset for t in trials]))

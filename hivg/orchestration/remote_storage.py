@@ -18,15 +18,23 @@ A push uploads the changed files in an order that keeps the bucket resumable at 
 moment (everything else, then `checkpoints/last.pt`, then `summary.json`) and then
 `.hivg-sync.json`, the sha256 of every file pushed: a pull downloads only the files whose
 local copy differs from it.
+
+Outages: every transfer that fails with a transient error (anything but a missing file,
+bucket or permission) is retried with exponential backoff for up to
+$HIVG_S3_RETRY_BUDGET_S seconds (default 300), with one line when the outage starts and one
+when it ends; past the budget it stops with one line (S3OutageError, a UserError).
+$HIVG_S3_REQUEST_TIMEOUT_S (default 60) is how long one request may stall before it counts
+as failed.
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pyarrow.fs as pafs
 
@@ -41,6 +49,37 @@ PUSH_LAST = (f"{CHECKPOINTS}/{LAST}", SUMMARY)
 # (URI, endpoint) pairs this process has checked: the pipeline checks before it prepares
 # data, run_training again for every other caller; one round trip is enough.
 _CHECKED: set[tuple[str, str]] = set()
+RETRY_BUDGET_ENV, DEFAULT_RETRY_BUDGET_S = "HIVG_S3_RETRY_BUDGET_S", 300.0
+REQUEST_TIMEOUT_ENV, DEFAULT_REQUEST_TIMEOUT_S = "HIVG_S3_REQUEST_TIMEOUT_S", 60.0
+FIRST_RETRY_DELAY_S, MAX_RETRY_DELAY_S = 0.5, 30.0
+# Errors no retry will fix: a wrong key, bucket or credential is said at once.
+_PERMANENT = ("ACCESS_DENIED", "AccessDenied", "NoSuchBucket", "NO_SUCH_BUCKET",
+              "InvalidAccessKeyId", "SignatureDoesNotMatch", "INVALID_ACCESS_KEY_ID")
+T = TypeVar("T")
+
+
+class S3OutageError(UserError):
+    """S3 stayed unreachable past the retry budget."""
+
+
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"${name}: expected a number of seconds, got {text!r}") from None
+
+
+def retry_budget_s() -> float:
+    return _env_seconds(RETRY_BUDGET_ENV, DEFAULT_RETRY_BUDGET_S)
+
+
+def _transient(error: OSError) -> bool:
+    if isinstance(error, (FileNotFoundError, PermissionError)):
+        return False
+    return not any(mark in str(error) for mark in _PERMANENT)
 
 
 def is_remote(storage: str | Path | None) -> bool:
@@ -95,6 +134,7 @@ class RemoteStorage:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.uri = f"{SCHEME}{bucket}/{self.prefix}".rstrip("/")
         self._fs: pafs.S3FileSystem | None = None
+        self.log: Callable[[str], None] = print  # outage lines
 
     # Only the URI travels (Ray workers, stage caches): never a client or a credential.
     def __getstate__(self) -> dict[str, Any]:
@@ -112,7 +152,8 @@ class RemoteStorage:
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
             self._fs = pafs.S3FileSystem(
                 region=region, endpoint_override=os.environ.get("AWS_ENDPOINT_URL") or None,
-                connect_timeout=5, request_timeout=60,
+                connect_timeout=5,
+                request_timeout=_env_seconds(REQUEST_TIMEOUT_ENV, DEFAULT_REQUEST_TIMEOUT_S),
                 # Small files go up in one PUT; large ones as a multipart upload.
                 allow_delayed_open=True,
                 retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
@@ -149,16 +190,45 @@ class RemoteStorage:
             raise UserError(f"--storage {self.uri}: bucket {self.bucket!r} does not exist "
                             f"at {endpoint}")
         probe = f".hivg-write-check-{uuid.uuid4().hex}"
-        try:
-            self.write_bytes(probe, b"ok")
-            self.delete(probe)
+        try:  # once, without retries: a bad endpoint is said at once
+            self._write_bytes(probe, b"ok")
+            self.fs.delete_file(self.key(probe))
         except OSError as e:
             raise UserError(f"--storage {self.uri}: cannot write there: {_short(e)}") from None
         _CHECKED.add((self.uri, endpoint))
 
+    # -- riding out outages ---------------------------------------------------------------
+    def _retrying(self, what: str, action: Callable[[], T]) -> T:
+        """`action()`, retried with exponential backoff while S3 fails transiently, up to the
+        retry budget; one line when an outage starts, one when it ends."""
+        budget, delay, started = retry_budget_s(), FIRST_RETRY_DELAY_S, None
+        while True:
+            try:
+                result = action()
+            except OSError as e:
+                if not _transient(e):
+                    raise
+                now = time.monotonic()
+                if started is None:
+                    started = now
+                    self.log(f"S3 outage: {what} on {self.uri} failed ({_short(e)}); "
+                             f"retrying for up to {budget:.0f}s")
+                if now - started >= budget:
+                    raise S3OutageError(
+                        f"{self.uri}: S3 unreachable for {now - started:.0f}s, past the retry "
+                        f"budget (${RETRY_BUDGET_ENV}={budget:.0f}); gave up on {what}: "
+                        f"{_short(e)}") from None
+                time.sleep(min(delay, max(budget - (now - started), 0.0)))
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
+                continue
+            if started is not None:
+                self.log(f"S3 back after {time.monotonic() - started:.0f}s: {what} done")
+            return result
+
     # -- transfers -------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
-        return self.fs.get_file_info(self.key(rel)).type == pafs.FileType.File
+        return self._retrying(f"checking {rel}", lambda: self.fs.get_file_info(
+            self.key(rel)).type == pafs.FileType.File)
 
     def list(self, rel: str) -> list[str]:
         """Files under `rel`, as paths relative to it."""
@@ -166,6 +236,9 @@ class RemoteStorage:
 
     def sizes(self, rel: str) -> dict[str, int]:
         """Files under `rel` (paths relative to it) and their sizes in bytes, in one listing."""
+        return self._retrying(f"listing {rel or '/'}", lambda: self._sizes(rel))
+
+    def _sizes(self, rel: str) -> dict[str, int]:
         base = self.key(rel)
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
             return {}
@@ -173,36 +246,51 @@ class RemoteStorage:
         return {i.path[len(base) + 1:]: i.size for i in infos if i.type == pafs.FileType.File}
 
     def upload(self, local: Path, rel: str) -> None:
-        pafs.copy_files(str(local), self.key(rel), source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
+        self._retrying(f"upload of {rel}", lambda: pafs.copy_files(
+            str(local), self.key(rel), source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=self.fs))
 
     def download(self, rel: str, local: Path) -> None:
         """Into a temporary file, then renamed: a reader never sees half a file."""
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.part")
         try:
-            pafs.copy_files(self.key(rel), str(tmp), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            self._retrying(f"download of {rel}", lambda: pafs.copy_files(
+                self.key(rel), str(tmp), source_filesystem=self.fs,
+                destination_filesystem=pafs.LocalFileSystem()))
             os.replace(tmp, local)
         finally:
             tmp.unlink(missing_ok=True)
 
     def read_bytes(self, rel: str) -> bytes | None:
-        try:
-            with self.fs.open_input_stream(self.key(rel)) as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
+        def read() -> bytes | None:
+            try:
+                with self.fs.open_input_stream(self.key(rel)) as f:
+                    return f.read()
+            except FileNotFoundError:
+                return None
+
+        return self._retrying(f"reading {rel}", read)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        self._retrying(f"writing {rel}", lambda: self._write_bytes(rel, data))
+
+    def _write_bytes(self, rel: str, data: bytes) -> None:
         with self.fs.open_output_stream(self.key(rel)) as f:
             f.write(data)
 
+    def move(self, rel: str, to: str) -> None:
+        """One file, within the bucket (S3: a copy, then a delete)."""
+        self._retrying(f"moving {rel}", lambda: self.fs.move(self.key(rel), self.key(to)))
+
     def delete(self, rel: str) -> None:
-        try:
-            self.fs.delete_file(self.key(rel))
-        except FileNotFoundError:
-            pass
+        def delete() -> None:
+            try:
+                self.fs.delete_file(self.key(rel))
+            except FileNotFoundError:
+                pass
+
+        self._retrying(f"deleting {rel}", delete)
 
 
 def _sha256(path: Path) -> str:
@@ -312,5 +400,5 @@ class SyncHooks:
             self._sync.pull(foreign_only=True)
 
 
-__all__ = ["RemoteStorage", "RunFolderSync", "SyncHooks", "is_remote", "open_storage",
-           "MIRROR_ENV"]
+__all__ = ["RemoteStorage", "RunFolderSync", "SyncHooks", "S3OutageError", "is_remote",
+           "open_storage", "MIRROR_ENV", "RETRY_BUDGET_ENV"]

@@ -9,12 +9,22 @@ finish (results.json, table.md, S3, MLflow).
 
 Layout under the storage, per study:
     {storage}/{study}/study.yaml             the study file as run
+    {storage}/{study}/study.N.yaml           earlier versions of it (kept when it changed)
     {storage}/{study}/trials/{trial key}/    each trial's run folder (hivg.run_folder)
+    {storage}/{study}/superseded/{key}.{hash}.{time}/  run folders of trials whose config
+                                             changed (set aside, then trained again)
     {storage}/{study}/tune/                  Tune's own state (resume)
     {storage}/{study}/results.json, table.md the study's results and table (hivg.analysis)
 MLflow: one experiment per study, a parent run for the study, one child run per trial. Run
 identity comes from the study name and the trial key, so running the same study again into the
 same storage finds its runs instead of duplicating them.
+
+Trial identity: the hash of a trial's resolved config without paths or placement
+(hivg.run_folder.Identity), stored in its run folder. A finished trial is reused only when
+its stored identity is the one the study file resolves to now; a trial whose config changed
+is said in one line ("changed: KEY (config differs: ...)"), its run folder set aside under
+superseded/, and trained again. Trials the study no longer has keep their folders but leave
+the table.
 
 S3 storage (`s3://bucket/prefix`, credentials from the environment): the same layout in the
 bucket. Tune writes its state there itself; each trial's run folder is pushed from the trial's
@@ -29,7 +39,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +52,13 @@ from hivg.orchestration.resources import Resources, concurrent_trials
 from hivg.orchestration.run import TrackingOptions, run_training
 from hivg.orchestration.search_space import (Study, config_for, grid_points,
                                              sample_space, variant_trials)
-from hivg.run_folder import (CONFIG, PREDICTIONS, RESULT_FILES, SUMMARY, TRIALS, RunFolder,
-                             Trial, load_trials)
+from hivg.run_folder import (CONFIG, IDENTITY, PREDICTIONS, RESULT_FILES, SUMMARY, TRIALS,
+                             Identity, RunFolder, Trial, load_trials, safe_name)
 
 EPOCH_ATTR = "global_epoch"  # our own counter: Tune's iteration restarts after a restore
+SUPERSEDED = "superseded"  # {study}/superseded/: run folders of trials whose config changed
+# What tells whether a trial started, finished and as what: fetched from the bucket first.
+RECORD_FILES = (CONFIG, IDENTITY, SUMMARY)
 
 
 @dataclass
@@ -65,10 +78,6 @@ class StudyOptions:
     scheduler: bool | None = None           # None: the study file's choice
 
 
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
-
-
 # -- the trial ------------------------------------------------------------------------------
 class _TuneHooks:
     """In-process trials: the trainer's per-epoch report goes to Tune (validation only)."""
@@ -86,14 +95,69 @@ class _TuneHooks:
         return Hooks()
 
 
-def finished_result(folder: RunFolder, study: Study) -> dict[str, Any] | None:
+def finished_result(folder: RunFolder, study: Study,
+                    identity: Identity | None = None) -> dict[str, Any] | None:
     """What a trial finished in an earlier invocation reports instead of training again:
-    the study's metric as the run reached it; None when the run has not finished."""
+    the study's metric as the run reached it; None when the run has not finished, or (given
+    `identity`) when it was stored with another identity."""
     trial = Trial.read(folder)
     if trial is None or not trial.finished:
         return None
+    if identity is not None and _stored_hash(folder) != identity.hash:
+        return None
     return {study.metric: trial.best_value(study.metric, study.mode),
             EPOCH_ATTR: trial.epochs, "reused": 1}
+
+
+def _stored_hash(folder: RunFolder) -> str | None:
+    stored = folder.read_identity()
+    return stored.hash if stored else None
+
+
+def trial_identity(config) -> Identity:
+    return Identity.of(config.to_dict())
+
+
+def fetch_trial_record(remote: RemoteStorage, rel: str, folder: RunFolder) -> None:
+    """The bucket's config, identity and summary of a trial into the mirror (the bucket is
+    the truth: a file it lacks goes from the mirror too)."""
+    present = remote.sizes(rel)
+    for name in RECORD_FILES:
+        if name in present:
+            remote.download(f"{rel}/{name}", folder.path / name)
+        else:
+            (folder.path / name).unlink(missing_ok=True)
+
+
+def set_aside_if_changed(folder: RunFolder, identity: Identity, key: str,
+                         remote: RemoteStorage | None, rel: str,
+                         log: Callable[[str], None]) -> bool:
+    """A trial stored with another identity: one line naming what differs, and its run
+    folder moved to {study}/superseded/ (here and in the bucket) so that it trains afresh.
+    Returns whether it changed."""
+    stored = folder.read_identity()
+    if stored is None or stored.hash == identity.hash:
+        return False
+    keys = stored.differences(identity)
+    shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} keys)" if len(keys) > 5 else "")
+    log(f"changed: {key} (config differs: {shown or 'identity hash'})")
+    study_rel, _, name = rel.rpartition(f"/{TRIALS}/")
+    aside = f"{study_rel}/{SUPERSEDED}/{name}.{stored.hash[:8]}.{time.strftime('%Y%m%dT%H%M%S')}"
+    if remote:
+        for file in remote.sizes(rel):
+            remote.move(f"{rel}/{file}", f"{aside}/{file}")
+    target = folder.path.parents[1] / SUPERSEDED / Path(aside).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(folder.path), str(target))
+    return True
+
+
+def record_identity(folder: RunFolder, identity: Identity, remote: RemoteStorage | None,
+                    rel: str) -> None:
+    """identity.json beside the finished run (and in the bucket)."""
+    folder.write_identity(identity)
+    if remote:
+        remote.upload(folder.identity_path, f"{rel}/{IDENTITY}")
 
 
 def _trial(tune_config: dict[str, Any], *, study: Study, storage: str, study_name: str,
@@ -114,10 +178,12 @@ def _trial(tune_config: dict[str, Any], *, study: Study, storage: str, study_nam
         fetch_inputs(config, remote)
     rel = f"{study_name}/{TRIALS}/{safe_name(key)}"
     folder = RunFolder((remote.mirror if remote else Path(storage)) / rel)
-    if remote and not folder.summary_path.is_file() and remote.exists(f"{rel}/{SUMMARY}"):
-        for name in (SUMMARY, CONFIG):  # finished on another machine
-            remote.download(f"{rel}/{name}", folder.path / name)
-    reused = finished_result(folder, study)
+    identity = trial_identity(config)
+    if remote:  # it may have run (or changed) on another machine
+        fetch_trial_record(remote, rel, folder)
+    # Searches (TPE) meet their trials' configs here first; variants and grids in the driver.
+    set_aside_if_changed(folder, identity, key, remote, rel, print)
+    reused = finished_result(folder, study, identity)
     if reused is not None:  # finished in an earlier invocation: report, do not retrain
         tune.report(reused)
         return
@@ -135,6 +201,7 @@ def _trial(tune_config: dict[str, Any], *, study: Study, storage: str, study_nam
                      ray_callbacks=[TuneReportCallback()], **common)
     else:
         run_training(config, storage, folder.path, hooks=_TuneHooks(), **common)
+    record_identity(folder, identity, remote, rel)
 
 
 # -- the study ------------------------------------------------------------------------------
@@ -160,7 +227,9 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
     resources, concurrent = _resources(study, options, log)
     study_dir = local / name
     study_dir.mkdir(parents=True, exist_ok=True)
+    edited = keep_earlier_study_file(study_dir, remote, name, study.text, log)
     (study_dir / STUDY_FILE).write_text(study.text)
+    set_aside_changed_trials(study, options, local, remote, name, log)
     if remote:
         from hivg.orchestration.node_inputs import share_inputs
 
@@ -181,18 +250,76 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
 
         lifecycle = tracked_run(tracker)
     with lifecycle:
+        # An edited study starts a new Tune run: a restored one would replay the old trials'
+        # configs. Finished trials are reused all the same (by identity).
+        if options.resume and edited:
+            log("study file changed: its Tune state is not restored; unchanged finished "
+                "trials are reused")
         fits = [_tune(trainable, search, study, _scheduler(study, options), concurrent,
-                      tune_dir, options.resume, log)
+                      tune_dir, options.resume and not edited, log)
                 for search in _searches(study, options, name)]
         _close_orphans(uri, name)
         results = _finish(study, local, remote, name, fits, resources, time.time() - start,
-                          tracker if uri else None, log)
+                          tracker if uri else None, log, current_trial_folders(study, options))
     if uri:
         from hivg.tracking import ui_command
 
         results["mlflow_ui"] = ui_command(uri)
         results["mlflow_uri"] = uri
     return results
+
+
+def keep_earlier_study_file(study_dir: Path, remote: RemoteStorage | None, name: str,
+                            text: str, log: Callable[[str], None]) -> bool:
+    """Before study.yaml is written: an earlier, different one (the bucket's, on S3) is kept
+    as study.N.yaml (N: the next free number), said in one line. Returns whether the study
+    file changed."""
+    if remote:
+        data = remote.read_bytes(f"{name}/{STUDY_FILE}")
+        earlier = data.decode() if data is not None else None
+    else:
+        path = study_dir / STUDY_FILE
+        earlier = path.read_text() if path.is_file() else None
+    if earlier is None or earlier == text:
+        return False
+    taken = {p.name for p in study_dir.glob("study.*.yaml")}
+    if remote:
+        taken |= {rel for rel in remote.sizes(name) if "/" not in rel}
+    n = 1
+    while f"study.{n}.yaml" in taken:
+        n += 1
+    (study_dir / f"study.{n}.yaml").write_text(earlier)  # pushed with the study's files
+    log(f"study file changed: the earlier version is kept as {name}/study.{n}.yaml")
+    return True
+
+
+def set_aside_changed_trials(study: Study, options: StudyOptions, local: Path,
+                             remote: RemoteStorage | None, name: str,
+                             log: Callable[[str], None]) -> list[str]:
+    """Variants and grids (every trial known up front): each trial stored with another
+    identity is said and set aside before any trial starts. Returns their keys."""
+    if study.kind != "variants" and not options.grid:
+        return []
+    changed = []
+    for params in _trial_params(study):
+        key = params["trial_key"]
+        rel = f"{name}/{TRIALS}/{safe_name(key)}"
+        folder = RunFolder(local / rel)
+        if remote:
+            fetch_trial_record(remote, rel, folder)
+        config = config_for(study, params["overrides"], params["dataset"], params["seed"],
+                            params["variant"])
+        if set_aside_if_changed(folder, trial_identity(config), key, remote, rel, log):
+            changed.append(key)
+    return changed
+
+
+def current_trial_folders(study: Study, options: StudyOptions) -> set[str] | None:
+    """The run folder names of the study's trials as it now stands; None for a search
+    (its trials are whatever the searcher sampled)."""
+    if study.kind != "variants" and not options.grid:
+        return None
+    return {safe_name(p["trial_key"]) for p in _trial_params(study)}
 
 
 def _resources(study: Study, options: StudyOptions,
@@ -304,10 +431,12 @@ def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, 
 
 
 def _finish(study: Study, storage: Path, remote: RemoteStorage | None, name: str, fits,
-            resources: Resources, wall: float, tracker, log: Callable[[str], None]
-            ) -> dict[str, Any]:
+            resources: Resources, wall: float, tracker, log: Callable[[str], None],
+            current: set[str] | None = None) -> dict[str, Any]:
     """results.json and table.md from the trials' run folders (pulled from the bucket first:
-    the trials may have run on other nodes), pushed back and logged to the parent run."""
+    the trials may have run on other nodes), pushed back and logged to the parent run.
+    `current`: the run folders of the study as it now stands (trials it no longer has keep
+    their folders but leave the table); None: every folder."""
     failed = [f"{r.config['trial']['trial_key']}: {type(r.error).__name__}: "
               f"{str(r.error).strip().splitlines()[-1] if str(r.error).strip() else ''}"
               for grid in fits for r in grid if r.error is not None]
@@ -316,13 +445,15 @@ def _finish(study: Study, storage: Path, remote: RemoteStorage | None, name: str
     if remote:
         pull_trial_results(remote, storage, name)
     study_dir = storage / name
-    trials = load_trials(study_dir)
+    trials = [t for t in load_trials(study_dir) if current is None or t.folder.name in current]
     order = list(study.variants) if study.variants else None  # spaces: by trial name
     results = {"study": name, "kind": study.kind, "metric": study.metric,
                "rows": results_rows(trials, study.datasets, order),
                "trials": [trial_row(t) for t in trials if t.finished],
                "resources": dataclasses.asdict(resources),
                "failed_trials": failed, "wall_time_s": wall}
+    if current is not None:
+        results["trial_folders"] = sorted(current)
     (study_dir / RESULTS).write_text(json.dumps(results, indent=2))
     (study_dir / TABLE).write_text(study_table(storage, name))
     if remote:
