@@ -82,14 +82,14 @@ def test_a_trial_trains_ddp_across_two_hosts_and_matches_one_process(cluster, tm
     client.download_file(cluster.bucket, f"hivg/across-hosts/trials/{trial}/checkpoints/best.pt",
                          str(best))
     data = tmp_path / "data"
-    for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=cluster.bucket, Prefix="hivg/data/synthetic/"):
-        for obj in page.get("Contents", []):
-            if obj["Key"].endswith("/") or obj["Key"] == "hivg/data/synthetic":
-                continue  # folder markers pyarrow writes
-            target = data / obj["Key"][len("hivg/data/"):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(cluster.bucket, obj["Key"], str(target))
+    keys = [obj["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=cluster.bucket, Prefix="hivg/data/synthetic") for obj in page.get("Contents", [])]
+    for key in keys:
+        if key.endswith("/") or any(k.startswith(key + "/") for k in keys):
+            continue  # a folder marker (pyarrow writes them)
+        target = data / key[len("hivg/data/"):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(cluster.bucket, key, str(target))
     from hivg.train.inference import evaluate_checkpoint
 
     single = evaluate_checkpoint(best, "synthetic", data, ["val", "test"], tmp_path / "eval",
