@@ -96,10 +96,19 @@ class LocalCluster:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse),
                         "setuptools>=68", "wheel"], check=True, capture_output=True)
         self.net.system_files.append(wheelhouse)
+        # The hosts' S3 credentials sit in a file outside their HOME and out of every
+        # process's environment, as an instance role's are on AWS (Ray logs runtime
+        # environments; a key in the environment could be written there).
+        credentials = self.net.base / "aws-credentials"
+        credentials.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\n"
+                               f"aws_secret_access_key = {SECRET_KEY}\n")
+        credentials.chmod(0o600)
+        self.net.system_files.append(credentials)
         self.net.env.update({
             "PIP_FIND_LINKS": f"{HOST_SYSTEM}/wheelhouse", "PIP_NO_INDEX": "1",
-            "AWS_ENDPOINT_URL": self.s3.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": self.s3.url,
+            "AWS_SHARED_CREDENTIALS_FILE": f"{HOST_SYSTEM}/aws-credentials",
+            "AWS_DEFAULT_REGION": REGION,
             "AWS_EC2_METADATA_DISABLED": "true",
             # The hosts share this machine's hostname resolution otherwise; gloo must
             # announce the test network's address.

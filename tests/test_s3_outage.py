@@ -71,14 +71,15 @@ def test_a_push_paused_after_its_first_file_completes_and_loses_nothing(
 
 def test_a_push_rides_out_an_outage_with_one_line_at_its_start_and_end(
         s3, s3_server, run_folder, monkeypatch):
-    """The server is down when the push starts (its first request times out) and back 5 s
-    later: retried with backoff, one line each way, everything in the bucket."""
+    """The server is down when the push starts (its first request times out) and back 12 s
+    later (well past the S3 client's own 3 attempts of 1 s each): retried with backoff, one
+    line each way, everything in the bucket."""
     monkeypatch.setenv(RETRY_BUDGET_ENV, "60")
     messages: list[str] = []
     run_folder.storage.log = messages.append
     pid = s3_server.process.pid
     os.kill(pid, signal.SIGSTOP)
-    threading.Timer(5, os.kill, (pid, signal.SIGCONT)).start()
+    threading.Timer(12, os.kill, (pid, signal.SIGCONT)).start()
     try:
         assert run_folder.push() == len(FILES)
     finally:
