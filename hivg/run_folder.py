@@ -17,7 +17,6 @@ keeps its trials' run folders under `{storage}/{study}/trials/`). Plain Python: 
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -207,7 +206,7 @@ class Identity:
 def identity_tree(config: dict[str, Any]) -> dict[str, Any]:
     """A config tree without PLACEMENT_KEYS; model.weights reduced to its file name (which
     weights, not where they lie)."""
-    tree = json.loads(json.dumps(copy.deepcopy(config), default=str))  # tuples -> lists
+    tree = json.loads(json.dumps(config, default=str))  # a copy; tuples -> lists
     for key in PLACEMENT_KEYS:
         *parents, leaf = key.split(".")
         node = tree

@@ -19,6 +19,7 @@ import yaml
 
 from hivg.analysis.study import RESULTS, STUDY_FILE
 from hivg.data.splits import FIVE_DATASETS
+from hivg.orchestration.search_space import DEFAULT_NUM_SAMPLES
 from hivg.run_folder import (RESULT_FILES, SELECTION_METRIC, TRIALS, Trial, load_trials,
                              safe_name)
 
@@ -49,7 +50,7 @@ def declared_trials(spec: dict[str, Any]) -> tuple[Optional[set[str]], int]:
                  for d in datasets for s in seeds if d is not None}
         count = len(spec.get("variants") or {}) * len(datasets) * len(seeds)
         return (names if None not in datasets else None), count
-    return None, int(spec.get("num_samples") or 10) * len(datasets)
+    return None, int(spec.get("num_samples") or DEFAULT_NUM_SAMPLES) * len(datasets)
 
 
 def study_status(study_dir: Path) -> StudyStatus:
