@@ -9,6 +9,8 @@ what is measured and how).
     python pipelines/benchmark.py --profile-accuracy         # fast vs reference, test acc50
     python pipelines/benchmark.py --search-efficiency        # grid vs TPE + ASHA, 3 seeds
     python pipelines/benchmark.py --search-efficiency --space search_spaces/x.yaml --seeds 0 1 2
+    python pipelines/benchmark.py --orchestration-scale      # 1,000 no-op trials: study vs Tune
+    python pipelines/benchmark.py --orchestration-scale --trials 100 --max-concurrent 16
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 
 from hivg.cli import run_main
 from hivg.config import preset_names
+from hivg.errors import UserError
 
 DEFAULT_OUT = "benchmark-training.json"
 SEARCH_STORAGE = "runs/search-efficiency"
@@ -34,6 +37,14 @@ def parse_args() -> argparse.Namespace:
                       help="the tiny model trained under reference and fast, same seed: test acc50")
     mode.add_argument("--search-efficiency", action="store_true",
                       help="the full grid vs TPE + ASHA over the same space (--space)")
+    mode.add_argument("--orchestration-scale", action="store_true",
+                      help="no-op trials through the study path and through bare Ray Tune: "
+                           "driver overhead per result, peak memory, MLflow, table/report time")
+    p.add_argument("--trials", type=int, default=1000, help="orchestration scale: trials")
+    p.add_argument("--max-concurrent", type=int, default=32,
+                   help="orchestration scale: trials at once")
+    p.add_argument("--results-per-trial", type=int, default=10,
+                   help="orchestration scale: results each no-op trial reports")
     p.add_argument("--preset", choices=preset_names(), default=None,
                    help="training-step model (default: hivg-b16 on CUDA, tiny on CPU)")
     p.add_argument("--batch", type=int, default=None,
@@ -107,6 +118,16 @@ def main() -> int:
 
         run_search_efficiency(args.space, args.storage, args.seeds, args.num_samples,
                               args.out if args.out != DEFAULT_OUT else "search-efficiency.json")
+    if args.orchestration_scale:
+        from hivg.bench.orchestration_scale import run_orchestration_scale
+
+        for flag, value in (("--trials", args.trials), ("--max-concurrent", args.max_concurrent),
+                            ("--results-per-trial", args.results_per_trial)):
+            if value < 1:
+                raise UserError(f"{flag}: expected a positive number, got {value}")
+        run_orchestration_scale(args.trials, args.max_concurrent, args.results_per_trial,
+                                args.out if args.out != DEFAULT_OUT
+                                else "orchestration-scale.json")
     return 0
 
 

@@ -104,7 +104,8 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
                  address: str | None = None, max_failures: int = 0,
                  stage_cache: Any = None, show_progress: bool = True,
                  log: Callable[[str], None] = print, hooks: Any = None,
-                 ray_callbacks: list | None = None) -> dict[str, Any]:
+                 ray_callbacks: list | None = None,
+                 fit_fn: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train `config` into `run_dir`, locally or on Ray, tracked in MLflow; return the summary.
 
     `resources`: LOCAL (workers 0) trains in this process; N workers start a Ray Train worker
@@ -112,6 +113,8 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
     The MLflow run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C / SIGTERM).
     `hooks`: TrainHooks for a local run (a Tune trial reports through them);
     `ray_callbacks`: Ray Train callbacks (a Tune trial passes TuneReportCallback).
+    `fit_fn`: what trains in this process (default hivg.train.fit.fit, same signature); the
+    orchestration-scale benchmark swaps in a no-op body and keeps the rest of the path.
 
     S3 storage (`s3://bucket/prefix`): `run_dir` must lie in the mirror, `{mirror}/{name}`
     (`name` may have several parts: a study's trials sit in `{study}/trials/{key}`); the run
@@ -148,7 +151,7 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
                                              callbacks=ray_callbacks, sync=sync)
         else:
             summary = _train_here(config, run_dir, hooks, tracker, sync, show_progress, log,
-                                  stage_cache)
+                                  stage_cache, fit_fn)
         log_run_artifacts(tracker, RunFolder(Path(run_dir)), tracking.log_model)
     if uri:
         from hivg.tracking import ui_command
@@ -197,17 +200,19 @@ def _check_services(storage: str | Path, resources: Resources, address: str | No
 
 
 def _train_here(config: Config, run_dir: Path, hooks: Any, tracker, sync, show_progress: bool,
-                log: Callable[[str], None], stage_cache: Any) -> dict[str, Any]:
+                log: Callable[[str], None], stage_cache: Any,
+                fit_fn: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
     """fit() in this process; with S3 storage the run folder is pushed every epoch and at
     the end."""
     from hivg.orchestration.remote_storage import SyncHooks
-    from hivg.train.fit import fit
     from hivg.train.hooks import TrainHooks
 
+    if fit_fn is None:
+        from hivg.train.fit import fit as fit_fn
     if sync:
         hooks = SyncHooks(hooks or TrainHooks(), sync)
-    summary = fit(config, run_dir, hooks=hooks, tracker=tracker, resume=True,
-                  show_progress=show_progress, log=log, stage_cache=stage_cache)
+    summary = fit_fn(config, run_dir, hooks=hooks, tracker=tracker, resume=True,
+                     show_progress=show_progress, log=log, stage_cache=stage_cache)
     if sync:
         sync.push()  # summary, predictions, best.pt
     return summary

@@ -76,6 +76,12 @@ class StudyOptions:
     search_seed: int = 0
     grid: bool = False                      # spaces: the full grid instead of TPE
     scheduler: bool | None = None           # None: the study file's choice
+    # Tune keeps trial processes warm across trials (imports and Ray's actor start paid once
+    # per process, not per trial); False starts a fresh process per trial.
+    reuse_actors: bool = True
+    # What trains inside a trial (default hivg.train.fit.fit); the orchestration-scale
+    # benchmark swaps in a no-op body and keeps the rest of the study path.
+    trial_fit: Callable[..., dict[str, Any]] | None = None
 
 
 # -- the trial ------------------------------------------------------------------------------
@@ -162,7 +168,7 @@ def record_identity(folder: RunFolder, identity: Identity, remote: RemoteStorage
 
 def _trial(tune_config: dict[str, Any], *, study: Study, storage: str, study_name: str,
            parent_run_id: str | None, tracking_uri: str | None,
-           resources: Resources) -> None:
+           resources: Resources, fit_fn: Callable[..., dict[str, Any]] | None = None) -> None:
     from ray import tune
 
     from hivg.orchestration.remote_stage_cache import stage_cache_for
@@ -200,7 +206,7 @@ def _trial(tune_config: dict[str, Any], *, study: Study, storage: str, study_nam
         run_training(config, storage, folder.path, resources=resources, address="auto",
                      ray_callbacks=[TuneReportCallback()], **common)
     else:
-        run_training(config, storage, folder.path, hooks=_TuneHooks(), **common)
+        run_training(config, storage, folder.path, hooks=_TuneHooks(), fit_fn=fit_fn, **common)
     record_identity(folder, identity, remote, rel)
 
 
@@ -240,7 +246,7 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
     trainable = tune.with_resources(tune.with_parameters(
         _trial, study=study, storage=remote.uri if remote else str(local), study_name=name,
         parent_run_id=getattr(tracker, "run_id", None), tracking_uri=uri,
-        resources=resources), resources.trial_bundle())
+        resources=resources, fit_fn=options.trial_fit), resources.trial_bundle())
     # Tune's state beside the trials; on S3 Tune writes it to the bucket itself.
     tune_dir = remote.url(f"{name}/tune") if remote else str(study_dir / "tune")
     start = time.time()
@@ -256,7 +262,7 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
             log("study file changed: its Tune state is not restored; unchanged finished "
                 "trials are reused")
         fits = [_tune(trainable, search, study, _scheduler(study, options), concurrent,
-                      tune_dir, options.resume and not edited, log)
+                      tune_dir, options.resume and not edited, log, options.reuse_actors)
                 for search in _searches(study, options, name)]
         _close_orphans(uri, name)
         results = _finish(study, local, remote, name, fits, resources, time.time() - start,
@@ -410,7 +416,7 @@ def _trial_params(study: Study) -> list[dict[str, Any]]:
 
 
 def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, tune_dir: str,
-          resume: bool, log: Callable[[str], None]):
+          resume: bool, log: Callable[[str], None], reuse_actors: bool = True):
     """One Tuner (restored when resuming and its state exists), run to the end."""
     from ray import tune
 
@@ -424,7 +430,8 @@ def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, 
         tune_config=tune.TuneConfig(
             metric=study.metric, mode=study.mode, search_alg=search.searcher,
             scheduler=scheduler, num_samples=search.num_samples,
-            max_concurrent_trials=concurrent, trial_dirname_creator=lambda t: t.trial_id),
+            max_concurrent_trials=concurrent, trial_dirname_creator=lambda t: t.trial_id,
+            reuse_actors=reuse_actors),
         run_config=tune.RunConfig(name=search.run_name, storage_path=tune_dir,
                                   failure_config=tune.FailureConfig(max_failures=1)),
     ).fit()
