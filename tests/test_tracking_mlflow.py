@@ -167,6 +167,7 @@ def test_metrics_steps_and_nan(start):
     tracker = start()
     tracker.log_metrics({"train/loss": 1.5, "val/acc50": 0.25}, step=1)
     tracker.log_metrics({"train/loss": float("nan"), "val/acc50": 0.5}, step=2)
+    tracker.flush()  # metrics are written in the background
     history = tracker.client.get_metric_history(tracker.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2]
     assert history[0].value == 1.5 and history[1].value != history[1].value  # NaN kept
@@ -315,6 +316,7 @@ def test_trackers_coexist_without_global_state(start):
     a, b = start("a"), start("b")
     a.log_metrics({"m": 1.0}, step=0)
     b.log_metrics({"m": 2.0}, step=0)
+    a.flush(), b.flush()
     assert mlflow.active_run() is None
     assert _run(a).data.metrics["m"] == 1.0 and _run(b).data.metrics["m"] == 2.0
 
@@ -323,6 +325,7 @@ def test_pickle_keeps_the_run(start):
     tracker = start()
     copy = pickle.loads(pickle.dumps(tracker))
     copy.log_metrics({"m": 3.0}, step=0)
+    copy.flush()
     assert copy.run_id == tracker.run_id and _run(tracker).data.metrics["m"] == 3.0
 
 
@@ -336,6 +339,35 @@ def test_package_tags():
 
 
 # -- a real tracking server -----------------------------------------------------------------
+PAUSE_S = 3.0
+
+
+@pytest.mark.slow
+def test_a_paused_server_does_not_slow_log_metrics(mlflow_server):
+    """MLflow never gates a trial: metrics go out in the background, so a tracking server
+    stopped for seconds (SIGSTOP) does not slow the caller, and after `end` the run holds
+    every value, in order."""
+    tracker = MlflowTracker.start(mlflow_server.url, "async", run_name="slow-server")
+    tracker.log_metrics({"m": 0.0}, step=0)
+    tracker.flush()
+    group = os.getpgid(mlflow_server.process.pid)  # the server and its workers
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        t = time.perf_counter()
+        for step in range(1, 11):  # a trial's ten reports while the server is paused
+            tracker.log_metrics({"m": float(step), "loss": 1.0 / step}, step=step)
+        logged_in = time.perf_counter() - t
+        time.sleep(PAUSE_S)
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    assert logged_in < 0.5, f"log_metrics took {logged_in:.2f} s against a paused server"
+    tracker.end("FINISHED")
+    history = tracker.client.get_metric_history(tracker.run_id, "m")
+    assert [(m.step, m.value) for m in history] == [(s, float(s)) for s in range(11)]
+    assert len(tracker.client.get_metric_history(tracker.run_id, "loss")) == 10
+    assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
 @pytest.mark.slow
 def test_tracking_server_round_trip(mlflow_server, tmp_path):
     uri = mlflow_server.url

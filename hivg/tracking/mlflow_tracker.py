@@ -18,6 +18,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import queue
 import re
 import shlex
 import signal
@@ -167,13 +168,70 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
+# -- metrics off the caller's path --------------------------------------------------------
+class _MetricWriter:
+    """A run's metrics written by a background thread, so a slow or paused tracking server
+    never holds up the training loop (or a Tune trial's report). Whatever is queued when the
+    thread wakes goes out as one log_batch per MAX_METRICS_PER_BATCH, in order; `flush` waits
+    for all of it and re-raises the first error the thread met."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"mlflow-metrics-{run_id[:8]}",
+                                        daemon=True)
+        self._thread.start()
+
+    def put(self, metrics: list[Metric]) -> None:
+        self._queue.put(metrics)
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while True:  # everything queued meanwhile goes in the same batches
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in items
+            batch = [m for item in items if item for m in item]
+            try:
+                if self._error is None:
+                    for chunk in _chunks(batch, MAX_METRICS_PER_BATCH):
+                        self.client.log_batch(self.run_id, metrics=chunk)
+            except BaseException as e:  # noqa: BLE001 - raised again by flush()
+                self._error = e
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+            if stop:
+                return
+
+    def flush(self) -> None:
+        self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        """Flush and stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+        self.flush()
+
+
 # -- the tracker --------------------------------------------------------------------------
 class MlflowTracker:
-    """One MLflow run. Construct it with `MlflowTracker.start`."""
+    """One MLflow run. Construct it with `MlflowTracker.start`.
+
+    Metrics are written in the background (see `_MetricWriter`); `flush` waits for them, and
+    `end` flushes before the run ends, so the run holds every value once it has ended."""
 
     def __init__(self, client: MlflowClient, uri: str, run_id: str) -> None:
         self.client, self.uri, self.run_id = client, uri, run_id
         self._ended = False
+        self._writer: _MetricWriter | None = None
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str | None = None,
@@ -213,6 +271,7 @@ class MlflowTracker:
 
     # Pickling sends (uri, run_id) only, so a Ray worker can log into a driver-made run.
     def __getstate__(self) -> dict[str, Any]:
+        self.flush()  # the copy may log next: this process's metrics go first
         return {"uri": self.uri, "run_id": self.run_id, "ended": self._ended}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -246,8 +305,16 @@ class MlflowTracker:
         """Log as given: NaN/inf are valid MLflow values (the caller decides what to send)."""
         now = int(time.time() * 1000)
         items = [Metric(str(k), float(v), now, int(step)) for k, v in metrics.items()]
-        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=chunk)
+        if not items:
+            return
+        if self._writer is None:
+            self._writer = _MetricWriter(self.client, self.run_id)
+        self._writer.put(items)
+
+    def flush(self) -> None:
+        """Wait until every metric logged so far is in the tracking store."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file, or a directory's contents, under `artifact_path`."""
@@ -265,8 +332,13 @@ class MlflowTracker:
             raise ValueError(f"status: expected one of {', '.join(END_STATUSES)}, got {status!r}")
         if self._ended:
             return
-        self.client.set_terminated(self.run_id, status)
-        self._ended = True
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            self.client.set_terminated(self.run_id, status)
+            self._ended = True
 
 
 def _short(value: str, n: int = 60) -> str:
