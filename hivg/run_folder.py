@@ -34,6 +34,7 @@ from hivg.errors import UserError
 
 # The per-epoch metric that picks each stage's checkpoint: the only one a searcher sees.
 SELECTION_METRIC = "val/acc50"
+REUSED = "reused"  # metrics.jsonl: an epoch replayed from the stage cache, not trained
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 IDENTITY = "identity.json"
 CHECKPOINTS, PREDICTIONS = "checkpoints", "predictions"

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hivg.analysis.stage_savings import StageEpochs, stage_epochs
+from hivg.run_folder import RunFolder, Trial
 from hivg.train import fit as fit_module
 from hivg.train.checkpoint import load_checkpoint
 from hivg.train.fit import fit
@@ -49,7 +51,8 @@ def reused(messages: list[str]) -> list[str]:
 
 
 def stage_rows(run_dir: Path, stage: str) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("time/epoch_s", "samples_per_s")}
+    return [{k: v for k, v in r.items()
+             if k not in ("time/epoch_s", "samples_per_s", "reused")}
             for r in records(run_dir) if r["stage"] == stage]
 
 
@@ -75,6 +78,11 @@ def test_stage_cache_reuses_a_shared_prefix_and_retrains_what_changed(synthetic_
     assert all(torch.equal(a1[k], b1[k]) for k in a1)
     assert [r["global_epoch"] for r in records(tmp_path / "b")] == \
         [r["global_epoch"] for r in records(tmp_path / "a")]
+    # What the cache saved, as a study counts it from the run folders.
+    both = [Trial.read(RunFolder(tmp_path / d)) for d in "ab"]
+    assert stage_epochs(both[:1]) == StageEpochs(trained=3, reused=0)
+    assert stage_epochs(both) == StageEpochs(trained=4, reused=2)
+    assert stage_epochs(both).line() == "stage cache: 4 of 6 stage-epochs trained, 2 reused"
 
     # A scheduler stopping the run during the replay stops its record there too.
     with pytest.raises(KeyboardInterrupt):

@@ -80,6 +80,11 @@ variants:
     assert {r.data.tags["variant"] for r in children} == {"baseline", "no-bridge"}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all(r.data.tags["trial_id"] for r in children)
+    # The stage cache's count under the table and on the parent run (no shared stage here).
+    assert (storage / "mini" / "table.md").read_text().endswith(
+        "\nstage cache: 2 of 2 stage-epochs trained, 0 reused\n")
+    assert parents[0].data.metrics["stage_epochs_trained"] == 2
+    assert parents[0].data.metrics["stage_epochs_without_cache"] == 2
 
     # The same study into the same storage: no new runs, nothing retrained.
     again = run_study(study, storage, options, log=lambda _m: None)

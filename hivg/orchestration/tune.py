@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hivg.analysis import compute_table, load_study_results, to_markdown
+from hivg.analysis.stage_savings import stage_epochs
 from hivg.analysis.study import RESULTS, STUDY_FILE, TABLE, results_rows, trial_row
 from hivg.orchestration.remote_storage import RemoteStorage, open_storage
 from hivg.orchestration.resources import Resources, concurrent_trials
@@ -461,12 +462,16 @@ def _finish(study: Study, storage: Path, remote: RemoteStorage | None, name: str
                "failed_trials": failed, "wall_time_s": wall}
     if current is not None:
         results["trial_folders"] = sorted(current)
+    saved = stage_epochs(trials)
+    results["stage_epochs"] = saved.as_metrics()
     (study_dir / RESULTS).write_text(json.dumps(results, indent=2))
-    (study_dir / TABLE).write_text(study_table(storage, name))
+    (study_dir / TABLE).write_text(study_table(storage, name) + f"\n{saved.line()}\n")
+    log(saved.line())
     if remote:
         push_study_files(remote, storage, name)
         results["storage_url"] = remote.url(name)
     if tracker is not None:
+        tracker.log_metrics(saved.as_metrics(), step=0)
         for file in (STUDY_FILE, TABLE, RESULTS):
             tracker.log_artifact(study_dir / file)
     return results

@@ -28,7 +28,7 @@ from hivg.losses import build_criterion
 from hivg.model.build import build_model
 from hivg.model.lora import apply_stage
 from hivg.model.weights import RANDOM, WeightsSource, classify, weights_file
-from hivg.run_folder import SELECTION_METRIC, RunFolder, acc50
+from hivg.run_folder import REUSED, SELECTION_METRIC, RunFolder, acc50
 from hivg.train.energy import EnergyMeter
 from hivg.train.energy import device_indices as energy_device_indices
 from hivg.train.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
@@ -371,8 +371,8 @@ class Trainer:
         stage = self.config.hilora.stages[k]
         self.metrics.append({"stage": stage.name, "stage_index": k, "epoch": epoch,
                              "global_epoch": global_epoch, **values})
-        self.tracker.log_metrics({k2: v for k2, v in values.items()
-                                  if isinstance(v, (int, float)) and math.isfinite(v)},
+        self.tracker.log_metrics({k2: v for k2, v in values.items() if k2 != REUSED and
+                                  isinstance(v, (int, float)) and math.isfinite(v)},
                                  step=global_epoch)
 
     def _restore(self) -> dict[str, Any] | None:
@@ -431,8 +431,9 @@ class Trainer:
         # record there too.
         for row in cached.metrics:
             values = {n: v for n, v in row.items()
-                      if n not in ("stage", "stage_index", "epoch", "global_epoch")}
-            self._record(k, row["epoch"], row["global_epoch"], values)
+                      if n not in ("stage", "stage_index", "epoch", "global_epoch", REUSED)}
+            # metrics.jsonl marks the epoch as replayed (the study counts what the cache saved)
+            self._record(k, row["epoch"], row["global_epoch"], {**values, REUSED: 1})
             if row["epoch"] >= 1:
                 self.hooks.report({**values, "stage_index": k, "epoch": row["epoch"],
                                    "global_epoch": row["global_epoch"], "reused": 1}, None)
