@@ -11,6 +11,7 @@ what is measured and how).
     python pipelines/benchmark.py --search-efficiency --space search_spaces/x.yaml --seeds 0 1 2
     python pipelines/benchmark.py --orchestration-scale      # 1,000 no-op trials: study vs Tune
     python pipelines/benchmark.py --orchestration-scale --trials 100 --max-concurrent 16
+    python pipelines/benchmark.py --trial-overhead [--short]  # the demo, actor reuse off vs on
 """
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ def parse_args() -> argparse.Namespace:
     mode.add_argument("--orchestration-scale", action="store_true",
                       help="no-op trials through the study path and through bare Ray Tune: "
                            "driver overhead per result, peak memory, MLflow, table/report time")
+    mode.add_argument("--trial-overhead", action="store_true",
+                      help="a variants study (--study) with Tune's actor reuse off, then on: "
+                           "per-trial overhead against the trials' run wall time")
+    p.add_argument("--study", default="search_spaces/demo.yaml",
+                   help="trial overhead: the variants study (default: the embedded demo)")
+    p.add_argument("--short", action="store_true",
+                   help="trial overhead: a shortened copy (300 training expressions, one "
+                        "epoch per stage, random init)")
     p.add_argument("--trials", type=int, default=1000, help="orchestration scale: trials")
     p.add_argument("--max-concurrent", type=int, default=32,
                    help="orchestration scale: trials at once")
@@ -128,6 +137,11 @@ def main() -> int:
         run_orchestration_scale(args.trials, args.max_concurrent, args.results_per_trial,
                                 args.out if args.out != DEFAULT_OUT
                                 else "orchestration-scale.json")
+    if args.trial_overhead:
+        from hivg.bench.trial_overhead import run_trial_overhead
+
+        run_trial_overhead(args.study, args.short,
+                           args.out if args.out != DEFAULT_OUT else "trial-overhead.json")
     return 0
 
 
