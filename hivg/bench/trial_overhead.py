@@ -20,7 +20,7 @@ import yaml
 
 SHORT = {"data.max_train_samples": 300, "data.max_eval_samples": 100,
          "hilora.stages.stage0.epochs": 1, "hilora.stages.stage1.epochs": 1,
-         "model.weights": None}
+         "model.weights": "random"}
 
 
 def _short_copy(study_path: Path, folder: Path, data_dir: Path | None) -> Path:
