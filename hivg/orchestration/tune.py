@@ -466,7 +466,6 @@ def _finish(study: Study, storage: Path, remote: RemoteStorage | None, name: str
     results["stage_epochs"] = saved.as_metrics()
     (study_dir / RESULTS).write_text(json.dumps(results, indent=2))
     (study_dir / TABLE).write_text(study_table(storage, name) + f"\n{saved.line()}\n")
-    log(saved.line())
     if remote:
         push_study_files(remote, storage, name)
         results["storage_url"] = remote.url(name)
