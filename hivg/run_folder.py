@@ -32,6 +32,7 @@ from hivg.config import UnknownKeyError, get_value
 from hivg.data.splits import split_sort_key
 from hivg.errors import UserError
 
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
 # The per-epoch metric that picks each stage's checkpoint: the only one a searcher sees.
 SELECTION_METRIC = "val/acc50"
 REUSED = "reused"  # metrics.jsonl: an epoch replayed from the stage cache, not trained
@@ -145,7 +146,9 @@ class RunFolder:
         """config.yaml as a plain tree (None: not started)."""
         if not self.config_path.is_file():
             return None
-        return yaml.safe_load(self.config_path.read_text()) or {}
+        # libyaml's loader when built in: pure-Python parsing was most of a 1,000-trial
+        # study's table time (docs/results.md, orchestration at scale)
+        return yaml.load(self.config_path.read_text(), Loader=YAML_LOADER) or {}
 
     def read_summary(self) -> Optional[dict[str, Any]]:
         """summary.json (None: not finished: running, stopped early or failed)."""
