@@ -79,12 +79,28 @@ def counting_proxy(target_port: int, counter: Counter) -> ThreadingHTTPServer:
             pass
 
         def _forward(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else None
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                body = b""
+                while True:  # the S3 client streams uploads in chunks
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline().strip():
+                            pass
+                        break
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+            else:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+            length = len(body)
             head = len(self.requestline) + sum(len(k) + len(v) + 4
                                                for k, v in self.headers.items())
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in ("transfer-encoding", "expect", "content-length",
+                                            "connection")}
+            headers["Content-Length"] = str(length)
             conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=120)
-            conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+            conn.request(self.command, self.path, body=body or None, headers=headers)
             response = conn.getresponse()
             data = response.read()
             conn.close()
@@ -200,6 +216,9 @@ def main() -> int:
         uri = f"sqlite:///{work / 'mlflow.db'}"
         first = run_ablate(study, "s3://measure/killed", work / "machine-1", env, uri, work,
                            kill_when=lambda: len(summaries("killed")) >= args.kill_after)
+        if not first["killed"]:
+            print("\n".join(ln for _, ln in first["lines"][-40:]), file=sys.stderr)
+            raise SystemExit(f"the first run ended (exit {first['rc']}) before the kill")
         before = summaries("killed")
         out["finished_at_kill"] = len(before)
         out["first_run_s"] = round(first["wall_s"], 1)
