@@ -193,6 +193,7 @@ def prepare_study(study, storage: Path, log: Callable[[str], None] = print, args
     from hivg.train.pretrain import resolve_weights
 
     base = with_storage_defaults(study.base, storage)
+    fetch_shared_inputs(study, base, getattr(args, "storage", storage))
     study, plan = plan_datasets(study, base.data.data_dir, getattr(args, "storage", storage),
                                 requested=getattr(args, "datasets", None),
                                 skip_missing=getattr(args, "skip_missing", False))
@@ -203,6 +204,21 @@ def prepare_study(study, storage: Path, log: Callable[[str], None] = print, args
     for dataset in study.datasets:
         preflight(base.replace({"data.dataset": dataset}), log=log)
     return dataclasses.replace(study, base=resolve_weights(base, storage, log=log)), plan
+
+
+def fetch_shared_inputs(study, base, storage) -> None:
+    """S3 storage: the data and weights an earlier run shared in the bucket, into this
+    machine's mirror (a resume from another machine starts with an empty one), so that they
+    are not made again here, perhaps differently."""
+    from hivg.orchestration.remote_storage import open_storage
+
+    remote = open_storage(storage)
+    if remote is None:
+        return
+    from hivg.orchestration.node_inputs import fetch_inputs
+
+    for dataset in study.datasets:
+        fetch_inputs(base.replace({"data.dataset": dataset}), remote)
 
 
 def study_options(args: argparse.Namespace, **extra: Any):

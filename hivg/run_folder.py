@@ -122,9 +122,12 @@ class RunFolder:
         if resume:
             if not self.config_path.is_file():
                 raise UserError(f"{self.path}: nothing to resume (no {CONFIG})")
-            if self.config_path.read_text() != config_yaml:
+            stored = self.config_path.read_text()
+            if stored != config_yaml and not same_identity(stored, config_yaml):
                 raise UserError(f"{self.config_path}: the run was started with another config; "
                                 "resume it without overrides or pick another --name")
+            if stored != config_yaml and write:  # only paths differ: this machine's are kept
+                self.config_path.write_text(config_yaml)
             return
         if self.has_results():
             raise UserError(f"{self.path}: run folder already holds results; pass --resume or "
@@ -205,6 +208,13 @@ class Identity:
         """The dotted config keys whose values differ between the two."""
         mine, theirs = _flatten(self.config), _flatten(other.config)
         return sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+
+
+def same_identity(config_yaml: str, other_yaml: str) -> bool:
+    """Whether two config.yaml texts train the same thing (they may differ in paths and
+    placement: a resume from another machine, whose mirror lies elsewhere)."""
+    return Identity.of(yaml.safe_load(config_yaml) or {}) == \
+        Identity.of(yaml.safe_load(other_yaml) or {})
 
 
 def identity_tree(config: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hivg.errors import UserError
 from hivg.orchestration.search_space import config_for, load_study, variant_trials
 from hivg.orchestration.tune import (SUPERSEDED, StudyOptions, finished_result,
                                      keep_earlier_study_file, safe_name,
@@ -182,3 +183,18 @@ def test_a_rerun_of_an_edited_study_trains_only_what_changed_or_is_new(
     assert "gone" not in (storage / "e2e" / "table.md").read_text()
     assert (storage / "e2e" / "study.1.yaml").read_text() != \
         (storage / "e2e" / "study.yaml").read_text()
+
+
+def test_a_run_resumes_under_another_mirror_path_but_not_with_another_config(tmp_path):
+    """config.yaml names this machine's data folder; another machine's resume (its mirror
+    elsewhere) is the same run, a changed setting is not."""
+    study = load_study(write_study(tmp_path / "s.yaml", "  a: {}", data_dir="/m1/data"))
+    t = variant_trials(study)[0]
+    config = config_for(study, t.overrides, t.dataset, t.seed, t.variant)
+    folder = RunFolder(tmp_path / "run")
+    folder.prepare(config.to_yaml(), resume=False)
+    elsewhere = config.replace({"data.data_dir": "/m2/data"})
+    folder.prepare(elsewhere.to_yaml(), resume=True)
+    assert folder.config_path.read_text() == elsewhere.to_yaml()  # this machine's paths
+    with pytest.raises(UserError, match="another config"):
+        folder.prepare(config.replace({"hilora.stages.stage0.lr": 0.5}).to_yaml(), resume=True)

@@ -25,6 +25,7 @@ from hivg.errors import UserError  # noqa: E402
 from hivg.tracking import (RUN_KEY_TAG, MlflowTracker, check_reachable, find_run,  # noqa: E402
                            is_secret_key, package_tags, redact, resolve_tracking_uri,
                            sigterm_as_keyboard_interrupt, tracked_run, ui_command)
+from hivg.tracking.mlflow_tracker import shareable_uri, shared_uri  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,9 +124,41 @@ def test_is_secret_key(key, secret):
     ("http://host:5000/path", "http://host:5000/path"),
     ("mail me@example.org", "mail me@example.org"),
     ("AKIA-not-a-key", "AKIA-not-a-key"),
+    ("http://alice:s%40f3@mlflow.internal:5000", "http://alice:***@mlflow.internal:5000"),
+    ("https://:tok@h/api", "https://:***@h/api"),
+    ("http://alice@h:5000", "http://alice@h:5000"),  # a user alone is no secret
+    ("mlflow: http://u:p@h (experiment x)", "mlflow: http://u:***@h (experiment x)"),
+    ("sqlite:////tmp/store/mlflow.db", "sqlite:////tmp/store/mlflow.db"),
 ])
 def test_redact(value, expected):
     assert redact(value) == expected
+
+
+@pytest.mark.parametrize("uri, travels", [
+    ("sqlite:////tmp/store/mlflow.db", "sqlite:////tmp/store/mlflow.db"),
+    ("http://10.0.0.5:5000", "http://10.0.0.5:5000"),
+    ("http://alice:hunter2@10.0.0.5:5000", "env:MLFLOW_TRACKING_URI"),
+    (None, None),
+])
+def test_a_uri_with_a_password_reaches_workers_through_the_environment(uri, travels,
+                                                                       monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert shareable_uri(uri) == travels
+    assert shared_uri(travels) == uri  # what the worker uses, from its environment
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if travels != uri:  # a node without it: one line, not a connection to nowhere
+        with pytest.raises(UserError, match="MLFLOW_TRACKING_URI"):
+            shared_uri(travels)
+
+
+def test_a_pickled_tracker_holds_no_password(start, monkeypatch):
+    """What Ray Train workers get: the run, and the URI from their environment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = start()
+    tracker.uri = "http://u:hunter2@127.0.0.1:1"  # not contacted: only pickled
+    data = pickle.dumps(tracker)
+    assert b"hunter2" not in data
+    assert pickle.loads(data).uri == tracker.uri
 
 
 def test_params_drop_secrets_redact_truncate_and_batch(start):

@@ -59,8 +59,8 @@ def _remote_files(remote: RemoteStorage, key: str) -> dict[str, int]:
     listed = remote.sizes(key)
     if listed:
         return listed
-    info = remote.fs.get_file_info(remote.key(key))
-    return {"": info.size} if info.is_file else {}
+    size = remote.file_size(key)  # retried through an outage, as every transfer
+    return {} if size is None else {"": size}
 
 
 def share_inputs(config: Config, remote: RemoteStorage,

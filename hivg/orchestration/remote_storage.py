@@ -230,6 +230,11 @@ class RemoteStorage:
         return self._retrying(f"checking {rel}", lambda: self.fs.get_file_info(
             self.key(rel)).type == pafs.FileType.File)
 
+    def file_size(self, rel: str) -> int | None:
+        """The size of the file `rel`; None when it is not a file."""
+        info = self._retrying(f"checking {rel}", lambda: self.fs.get_file_info(self.key(rel)))
+        return info.size if info.type == pafs.FileType.File else None
+
     def list(self, rel: str) -> list[str]:
         """Files under `rel`, as paths relative to it."""
         return sorted(self.sizes(rel))

@@ -28,6 +28,7 @@ class TrackingOptions:
     log_model: bool = False              # the best checkpoint as an artifact
     parent_run_id: str | None = None     # sweeps nest trials under the study's run
     extra_tags: dict[str, str] = field(default_factory=dict)
+    run_key: str | None = None           # what finds the run again (default: its folder)
 
 
 def mlflow_run_name(config: Config) -> str:
@@ -84,7 +85,7 @@ def start_tracker(config: Config, storage: Path, run_dir: Path, options: Trackin
     }
     tracker = MlflowTracker.start(uri, experiment, run_name=mlflow_run_name(config), tags=tags,
                                   parent_run_id=options.parent_run_id,
-                                  run_key=run_url or str(run_dir.resolve()),
+                                  run_key=options.run_key or run_url or str(run_dir.resolve()),
                                   artifact_location=artifacts)
     return tracker, uri
 
@@ -137,7 +138,9 @@ def run_training(config: Config, storage: str | Path, run_dir: Path, *, resume: 
     tracker, uri = start_tracker(config, storage, run_dir, tracking, max(resources.workers, 1),
                                  device_type, run_url=sync.url if sync else None)
     if uri:
-        log(f"mlflow: {uri} (experiment {tracking.experiment or config.preset}, run "
+        from hivg.tracking import redact
+
+        log(f"mlflow: {redact(uri)} (experiment {tracking.experiment or config.preset}, run "
             f"{mlflow_run_name(config)})")
     with _lifecycle(tracker):
         if resources.on_workers:

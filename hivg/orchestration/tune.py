@@ -37,9 +37,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import os
+import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,7 @@ from typing import Any, Callable
 from hivg.analysis import compute_table, load_study_results, to_markdown
 from hivg.analysis.stage_savings import stage_epochs
 from hivg.analysis.study import RESULTS, STUDY_FILE, TABLE, results_rows, trial_row
+from hivg.errors import UserError
 from hivg.orchestration.remote_storage import RemoteStorage, open_storage
 from hivg.orchestration.resources import Resources, concurrent_trials
 from hivg.orchestration.run import TrackingOptions, run_training
@@ -57,6 +61,7 @@ from hivg.run_folder import (CONFIG, IDENTITY, PREDICTIONS, RESULT_FILES, SUMMAR
                              Identity, RunFolder, Trial, load_trials, safe_name)
 
 EPOCH_ATTR = "global_epoch"  # our own counter: Tune's iteration restarts after a restore
+RESUMED_TAG = "hivg.resumed"  # on a study's MLflow run: how many times it was resumed
 SUPERSEDED = "superseded"  # {study}/superseded/: run folders of trials whose config changed
 # What tells whether a trial started, finished and as what: fetched from the bucket first.
 RECORD_FILES = (CONFIG, IDENTITY, SUMMARY)
@@ -74,6 +79,7 @@ class StudyOptions:
     mlflow: bool = True
     address: str | None = None
     resume: bool = False
+    extend: int | None = None               # spaces: this many more trials, TPE's history kept
     search_seed: int = 0
     grid: bool = False                      # spaces: the full grid instead of TPE
     scheduler: bool | None = None           # None: the study file's choice
@@ -194,10 +200,16 @@ def _trial(tune_config: dict[str, Any], *, study: Study, storage: str, study_nam
     if reused is not None:  # finished in an earlier invocation: report, do not retrain
         tune.report(reused)
         return
+    if tracking_uri is not None:  # a password comes from this node's environment
+        from hivg.tracking.mlflow_tracker import shared_uri
+
+        tracking_uri = shared_uri(tracking_uri)
     tracking = TrackingOptions(enabled=tracking_uri is not None, uri=tracking_uri,
                                experiment=study_name, parent_run_id=parent_run_id,
                                extra_tags={"study": study_name, "trial_key": key,
-                                           "trial_id": tune.get_context().get_trial_id()})
+                                           "trial_id": tune.get_context().get_trial_id()},
+                               # not where the folder lies: a resume may run elsewhere
+                               run_key=f"trial:{study_name}/{key}/{identity.hash}")
     resume = folder.config_path.is_file() if remote is None else remote.exists(f"{rel}/{CONFIG}")
     common = dict(resume=resume, tracking=tracking, stage_cache=stage_cache_for(storage),
                   show_progress=False, log=print)
@@ -231,6 +243,10 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
 
     name = options.name or study.name
     local, remote = study_storage(storage)
+    if options.mlflow:  # before Ray starts: its local workers inherit this environment
+        from hivg.tracking.mlflow_tracker import resolve_tracking_uri, shareable_uri
+
+        shareable_uri(resolve_tracking_uri(options.mlflow_uri, str(local)))
     resources, concurrent = _resources(study, options, log)
     study_dir = local / name
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +262,7 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
     tracker, uri = _parent_run(study, local, name, options)
     trainable = tune.with_resources(tune.with_parameters(
         _trial, study=study, storage=remote.uri if remote else str(local), study_name=name,
-        parent_run_id=getattr(tracker, "run_id", None), tracking_uri=uri,
+        parent_run_id=getattr(tracker, "run_id", None), tracking_uri=_shareable(uri),
         resources=resources, fit_fn=options.trial_fit), resources.trial_bundle())
     # Tune's state beside the trials; on S3 Tune writes it to the bucket itself.
     tune_dir = remote.url(f"{name}/tune") if remote else str(study_dir / "tune")
@@ -264,7 +280,7 @@ def run_study(study: Study, storage: str | Path, options: StudyOptions,
                 "trials are reused")
         fits = [_tune(trainable, search, study, _scheduler(study, options), concurrent,
                       tune_dir, options.resume and not edited, log, options.reuse_actors)
-                for search in _searches(study, options, name)]
+                for search in _searches(study, options, name, local, remote)]
         _close_orphans(uri, name)
         results = _finish(study, local, remote, name, fits, resources, time.time() - start,
                           tracker if uri else None, log, current_trial_folders(study, options))
@@ -381,22 +397,79 @@ class _Search:
     description: str
 
 
-def _searches(study: Study, options: StudyOptions, name: str) -> list[_Search]:
+def _searches(study: Study, options: StudyOptions, name: str, local: Path | None = None,
+              remote: RemoteStorage | None = None) -> list[_Search]:
     """Variants, or a space as a full grid: one grid search of every trial. A space: Optuna
-    TPE on one Tuner per dataset."""
+    TPE on one Tuner per dataset (`--extend N`: N more trials on a new Tuner whose searcher
+    is the last one's, restored with its history; `--resume`: the last of those Tuners)."""
     if study.kind == "variants" or options.grid:
         params = _trial_params(study)
         return [_Search("grid", {"trial": _grid_search(params)}, None, 1,
                         f"study {name}: {len(params)} trials ({study.kind})")]
+    n = options.num_samples or study.num_samples
+    searches = []
+    for dataset in study.datasets:
+        base = f"search-{safe_name(dataset)}"
+        runs = tune_runs(local, remote, name, base) \
+            if local is not None and (options.extend or options.resume) else []
+        searcher = _optuna(study, dataset, options)
+        if options.extend:
+            if not runs:
+                raise UserError(f"--extend: study {name} has no search over {dataset} in its "
+                                "storage yet; run it (without --extend) first")
+            done = restore_searcher(searcher, local, remote, name, runs[-1])
+            searcher._space = _DefineByRun(study, dataset)  # the study as it stands now
+            searches.append(_Search(f"{base}{EXTENSION}{len(runs)}", {}, searcher,
+                                    options.extend, f"study {name}: TPE over {dataset}, "
+                                    f"{options.extend} more trials after {done}"))
+            continue
+        run_name = runs[-1] if options.resume and runs else base
+        searches.append(_Search(run_name, {}, searcher, n,
+                                f"study {name}: TPE over {dataset}, {n} trials"))
+    return searches
+
+
+def _optuna(study: Study, dataset: str, options: StudyOptions):
     from optuna.samplers import TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
-    n = options.num_samples or study.num_samples
-    return [_Search(f"search-{safe_name(dataset)}", {},
-                    OptunaSearch(space=_DefineByRun(study, dataset), metric=study.metric,
-                                 mode=study.mode, sampler=TPESampler(seed=options.search_seed)),
-                    n, f"study {name}: TPE over {dataset}, {n} trials")
-            for dataset in study.datasets]
+    return OptunaSearch(space=_DefineByRun(study, dataset), metric=study.metric,
+                        mode=study.mode, sampler=TPESampler(seed=options.search_seed))
+
+
+EXTENSION = ".x"  # search-{dataset}.x1, .x2, ...: the Tuners of `--extend`, in order
+
+
+def tune_runs(local: Path, remote: RemoteStorage | None, name: str, base: str) -> list[str]:
+    """The Tune runs of one search that hold state, in order: `base`, then its extensions."""
+    if remote:
+        names = {rel.split("/", 1)[0] for rel in remote.sizes(f"{name}/tune")}
+    else:
+        tune = local / name / "tune"
+        names = {p.name for p in tune.iterdir()} if tune.is_dir() else set()
+    runs = [n for n in names
+            if n == base or re.fullmatch(re.escape(base + EXTENSION) + r"\d+", n)]
+    return sorted(runs, key=lambda n: int(n.rpartition(EXTENSION)[2]) if n != base else 0)
+
+
+def restore_searcher(searcher, local: Path, remote: RemoteStorage | None, name: str,
+                     run: str) -> int:
+    """The searcher's state as Tune saved it with run `run` (its Optuna study: every trial
+    it sampled and the values they reached); returns how many trials that history holds."""
+    pattern = searcher.CKPT_FILE_TMPL.format("*")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = local / name / "tune" / run
+        if remote:
+            folder = Path(tmp)
+            for rel in remote.sizes(f"{name}/tune/{run}"):
+                if "/" not in rel and fnmatch.fnmatch(rel, pattern):
+                    remote.download(f"{name}/tune/{run}/{rel}", folder / rel)
+        try:
+            searcher.restore_from_dir(str(folder))
+        except RuntimeError:
+            raise UserError(f"--extend: no searcher state in {name}/tune/{run} (the search "
+                            "never saved one); resume it with --resume instead") from None
+    return len(searcher._ot_study.trials)
 
 
 def _grid_search(params: list[dict[str, Any]]) -> Any:
@@ -421,6 +494,7 @@ def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, 
     """One Tuner (restored when resuming and its state exists), run to the end."""
     from ray import tune
 
+    keep_keys_out_of_ray_logs()
     log(f"{search.description}, up to {concurrent} at once")
     path = f"{tune_dir}/{search.run_name}"
     if resume and tune.Tuner.can_restore(path):
@@ -436,6 +510,20 @@ def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, 
         run_config=tune.RunConfig(name=search.run_name, storage_path=tune_dir,
                                   failure_config=tune.FailureConfig(max_failures=1)),
     ).fit()
+
+
+AWS_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+            "AWS_SESSION_TOKEN"}
+
+
+def keep_keys_out_of_ray_logs() -> None:
+    """Ray Tune copies the driver's AWS keys into every trainable's runtime_env, and Ray's
+    runtime_env_agent.log prints that in plain text. Trials need no copy: a local Ray's
+    workers inherit the driver's environment, a cluster's nodes have their own credentials
+    (an instance role or credentials file, cluster.md)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - AWS_KEYS
 
 
 def _finish(study: Study, storage: Path, remote: RemoteStorage | None, name: str, fits,
@@ -546,7 +634,18 @@ def _parent_run(study: Study, storage: Path, name: str, options: StudyOptions):
     tracker.log_params({"base": study.base.preset, "datasets": ",".join(study.datasets),
                         "seeds": ",".join(map(str, study.seeds)), "metric": study.metric,
                         "mode": study.mode})
+    if options.resume:  # the resume shows on the study's run: how many there were
+        tags = tracker.client.get_run(tracker.run_id).data.tags
+        tracker.set_tags({RESUMED_TAG: int(tags.get(RESUMED_TAG, "0")) + 1})
     return tracker, uri
+
+
+def _shareable(uri: str | None) -> str | None:
+    if uri is None:
+        return None
+    from hivg.tracking.mlflow_tracker import shareable_uri
+
+    return shareable_uri(uri)
 
 
 def _close_orphans(uri: str | None, experiment: str) -> None:

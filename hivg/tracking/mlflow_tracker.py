@@ -41,6 +41,9 @@ from hivg.errors import UserError
 # MLflow's INFO lines (creating database tables, ...) are noise in a pipeline's output.
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# MLflow's own "View run at URL" lines show the URI as given, password and all; the pipelines
+# print their own line, redacted (ui_command).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 RUN_KEY_TAG = "hivg.run_key"
 PARENT_RUN_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
@@ -155,6 +158,31 @@ def redact(value: str) -> str:
     """Mask AWS access key ids and the password of `scheme://user:password@host` URLs."""
     value = _AWS_KEY_ID.sub("***", value)
     return _URL_PASSWORD.sub(r"\1:***@", value)
+
+
+URI_FROM_ENV = "env:MLFLOW_TRACKING_URI"  # what travels to workers instead of a password
+
+
+def shareable_uri(uri: str | None) -> str | None:
+    """The tracking URI as it may be pickled to Ray workers: itself, or, when it holds a
+    password, a pointer to $MLFLOW_TRACKING_URI, set to it here (a local Ray's workers inherit
+    this process's environment; a cluster's nodes get it from cluster.yaml). A password never
+    travels in pickled arguments or Tune's saved state."""
+    if uri is None or uri == URI_FROM_ENV or redact(uri) == uri:
+        return uri
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return URI_FROM_ENV
+
+
+def shared_uri(value: str | None) -> str | None:
+    """The tracking URI `shareable_uri` made `value` from, on the node that uses it."""
+    if value != URI_FROM_ENV:
+        return value
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise UserError("the MLflow tracking URI holds a password, so it reaches workers only "
+                        "through MLFLOW_TRACKING_URI, which this node lacks: set it there")
+    return uri
 
 
 def _clean(items: dict[str, Any], limit: int) -> dict[str, str]:
@@ -272,10 +300,11 @@ class MlflowTracker:
     # Pickling sends (uri, run_id) only, so a Ray worker can log into a driver-made run.
     def __getstate__(self) -> dict[str, Any]:
         self.flush()  # the copy may log next: this process's metrics go first
-        return {"uri": self.uri, "run_id": self.run_id, "ended": self._ended}
+        return {"uri": shareable_uri(self.uri), "run_id": self.run_id, "ended": self._ended}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(MlflowClient(tracking_uri=state["uri"]), state["uri"], state["run_id"])
+        uri = shared_uri(state["uri"])
+        self.__init__(MlflowClient(tracking_uri=uri), uri, state["run_id"])
         self._ended = state["ended"]
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -470,4 +499,4 @@ def _git(cwd: Path, *args: str) -> str | None:
 
 __all__ = ["MlflowTracker", "resolve_tracking_uri", "ui_command", "check_reachable",
            "find_run", "tracked_run", "sigterm_as_keyboard_interrupt", "package_tags",
-           "is_secret_key", "redact", "RUN_KEY_TAG"]
+           "is_secret_key", "redact", "RUN_KEY_TAG", "shareable_uri", "shared_uri"]

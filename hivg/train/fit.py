@@ -28,7 +28,8 @@ from hivg.losses import build_criterion
 from hivg.model.build import build_model
 from hivg.model.lora import apply_stage
 from hivg.model.weights import RANDOM, WeightsSource, classify, weights_file
-from hivg.run_folder import REUSED, SELECTION_METRIC, RunFolder, acc50
+from hivg.run_folder import (PLACEMENT_KEYS, REUSED, SELECTION_METRIC, RunFolder, acc50,
+                              identity_tree)
 from hivg.train.energy import EnergyMeter
 from hivg.train.energy import device_indices as energy_device_indices
 from hivg.train.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
@@ -207,7 +208,14 @@ class Trainer:
         self.amp_dtype, self.profile = s.amp_dtype, s.profile
         self.hooks.mark("setup_done")
         self.energy = EnergyMeter(energy_device_indices(self.device)).start()
-        self.tracker.log_params(flatten(self.config.to_dict()))
+        # Params: what trains (the run's identity, which MLflow keeps fixed). Where it lies
+        # (data folder, weights path, device) may change when another machine resumes the
+        # run: tags, which may change.
+        config = self.config.to_dict()
+        self.tracker.log_params(flatten(identity_tree(config)))
+        flat = flatten(config)
+        self.tracker.set_tags({f"placement.{k}": str(flat[k])
+                               for k in (*PLACEMENT_KEYS, "model.weights") if k in flat})
 
     def start_stage(self, k: int, resuming: dict[str, Any] | None) -> StageRun:
         """Loader, optimiser and schedule of stage k; a new stage evaluates its start (it can
