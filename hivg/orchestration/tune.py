@@ -334,7 +334,8 @@ def _resources(study: Study, options: StudyOptions,
     file = study.resources
     resources = Resources(
         workers=file.workers if options.workers_per_trial is None else options.workers_per_trial,
-        cpus_per_worker=options.cpus_per_worker or file.cpus_per_worker,
+        cpus_per_worker=file.cpus_per_worker if options.cpus_per_worker is None
+        else options.cpus_per_worker,
         gpus_per_worker=file.gpus_per_worker if options.gpus_per_worker is None
         else options.gpus_per_worker)
     # Locally: one logical CPU more than the cores, for the fractional trial drivers.
@@ -384,7 +385,7 @@ def _searches(study: Study, options: StudyOptions, name: str) -> list[_Search]:
     from optuna.samplers import TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
-    n = options.num_samples or study.num_samples
+    n = study.num_samples if options.num_samples is None else options.num_samples
     return [_Search(f"search-{safe_name(dataset)}", {},
                     OptunaSearch(space=_DefineByRun(study, dataset), metric=study.metric,
                                  mode=study.mode, sampler=TPESampler(seed=options.search_seed)),
