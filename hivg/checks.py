@@ -27,7 +27,11 @@ INSTALL = 'pip install -e ".[{extra}]"'
 
 def require_module(module: str, extra: str, needed_for: str) -> None:
     """`needed_for` needs `module`, which comes with the project's `extra`."""
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        found = False
+    if not found:
         raise UserError(f"{needed_for} needs {module}, which is not installed: "
                         + INSTALL.format(extra=extra))
 

@@ -13,14 +13,12 @@ The run's seed (initialisation, data order, augmentation) is the override seed=N
 """
 from __future__ import annotations
 
-import argparse
-
 from hivg.cli import default_storage, run_main, train_command
 from hivg.cli_args import Parser, add_dry_run, add_mlflow_uri
 from hivg.config import preset_names
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args():
     p = Parser(description=__doc__)
     p.add_argument("--config", help="YAML config file (may start from `preset: NAME`)")
     p.add_argument("--preset", default="tiny", choices=preset_names(),
