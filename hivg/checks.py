@@ -75,7 +75,8 @@ def check_storage(storage: str | Path, flag: str = "--storage") -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UserError(f"{flag} {storage}: not writable ({e.strerror} in {existing})") from None
+        raise UserError(f"{flag} {storage}: not writable (cannot write in {existing}: "
+                        f"{e.strerror})") from None
 
 
 def check_storage_readable(storage: str | Path, flag: str = "--storage") -> None:
@@ -124,19 +125,19 @@ def check_address(address: str | None, flag: str = "--address") -> None:
 
 def check_device(device: str, flag: str = "--device") -> None:
     """auto, cpu, cuda or cuda:N, and CUDA (with device N) present when asked for."""
+    at = f"{flag}{device}" if flag.endswith("=") else f"{flag} {device}"
     if not _DEVICE.match(device):
-        raise UserError(f"{flag} {device}: expected auto, cpu, cuda or cuda:N")
+        raise UserError(f"{at}: expected auto, cpu, cuda or cuda:N")
     if not device.startswith("cuda"):
         return
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError(f"{flag} {device}: CUDA is not available on this machine "
-                        "(use cpu or auto)")
+        raise UserError(f"{at}: CUDA is not available on this machine (use cpu or auto)")
     index = int(device.split(":")[1]) if ":" in device else 0
     if index >= torch.cuda.device_count():
-        raise UserError(f"{flag} {device}: this machine has {torch.cuda.device_count()} "
-                        "CUDA device(s)")
+        raise UserError(f"{at}: this machine has {torch.cuda.device_count()} CUDA "
+                        "device(s)")
 
 
 # -- what each pipeline checks --------------------------------------------------------------
@@ -163,7 +164,7 @@ def check_train_args(args) -> str | None:
     if args.dry_run:
         print("\n".join(to_overrides(config)))
         return "dry-run"
-    check_device(config.device, "device")
+    check_device(config.device, "device=")
     check_storage(args.storage)
     check_mlflow(args.mlflow_uri, args.storage, enabled=not args.no_mlflow)
     return None

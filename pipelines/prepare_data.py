@@ -48,12 +48,12 @@ def parse_args():
 
 def main() -> int:
     args = parse_args()
-    from hivg.data.prepare import parse_images_dirs, prepare, prepare_authors_layout
     from hivg.checks import check_count, check_storage
     from hivg.errors import UserError
 
     check_count("--pack-max-side", args.pack_max_side, 1)
     check_storage(args.storage)
+    from hivg.data.prepare import parse_images_dirs, prepare, prepare_authors_layout
     if args.image_root or args.split_root:
         if not args.image_root or args.splits_dir or args.images_dir:
             raise UserError("--image-root (and optionally --split-root) read the authors' "
