@@ -22,7 +22,8 @@ def main() -> int:
                    help="trials per dataset, >= 1 (default: the file's num_samples)")
     p.add_argument("--grid", action="store_true", help="the full grid instead of TPE")
     p.add_argument("--no-asha", action="store_true", help="no early stopping")
-    p.add_argument("--search-seed", type=int, default=0, help="seed of the TPE sampler (not of training: that is the file's seeds:)")
+    p.add_argument("--search-seed", type=int, default=0,
+                   help="seed of the TPE sampler (not of training: that is the file's seeds:)")
     args = p.parse_args()
     return run_study_command(args.space, "space", args, grid=args.grid,
                              scheduler=False if args.no_asha else None,

@@ -46,8 +46,8 @@ def parse_args():
     ml.add_argument("--no-mlflow", action="store_true", help="record nothing in MLflow")
     ml.add_argument("--no-stage-cache", action="store_true",
                     help="train every stage even when the stage cache has it")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.weight_decay=0.01 seed=1 "
-                   "(--dry-run prints them all)")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. "
+                   "optim.weight_decay=0.01 seed=1 (--dry-run prints them all)")
     return p.parse_intermixed_args()  # key=value overrides may sit between the flags
 
 

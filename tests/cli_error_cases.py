@@ -96,7 +96,8 @@ CASES = [
                                 "hilora.stages.stage0.epochs=-1", NO_ML),
          "hilora.stages.stage0.epochs: expected an integer >= 0"),
     Case("train-config-yaml", ("train.py", "--storage", "{storage}", "--config", "{bad_config}",
-                               NO_ML), "bad.yaml:4:10: not valid YAML: mapping values are not allowed here"),
+                               NO_ML),
+         "bad.yaml:4:10: not valid YAML: mapping values are not allowed here"),
     Case("ablate-study-yaml", ("ablate.py", "{bad_study}", "--storage", "{storage}", NO_ML),
          "study.yaml:2:6: not valid YAML"),
     # numeric flags
