@@ -10,6 +10,7 @@ fresh folder path (it must not exist afterwards: nothing was made), {file} an ex
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -145,6 +146,7 @@ class Outcome:
     stderr: str
     seconds: float
     storage_made: bool
+    cpu_seconds: float | None = None   # user + system time of the command, when measured
 
 
 def make_inputs(root: Path) -> dict[str, str]:
@@ -164,7 +166,9 @@ def make_inputs(root: Path) -> dict[str, str]:
             "config_dict_ckpt": str(ckpt)}
 
 
-def run_case(case: Case, root: Path, inputs: dict[str, str]) -> Outcome:
+def run_case(case: Case, root: Path, inputs: dict[str, str], cpu_time: bool = False) -> Outcome:
+    """Run one case in `root`; `cpu_time`: measure its CPU time with /usr/bin/time (wall
+    time says little on a shared machine)."""
     storage = root / f"storage-{case.id}"
     values = {**inputs, "storage": str(storage)}
     args = [a.format(**values) for a in case.argv[1:]]
@@ -174,8 +178,12 @@ def run_case(case: Case, root: Path, inputs: dict[str, str]) -> Outcome:
            if k not in ("HIVG_STORAGE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env.update(dict(case.env), PYTHONPATH=os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    timing = root / f"cpu-{case.id}.txt"
+    timer = ["/usr/bin/time", "-o", str(timing), "-f", "%U %S"] if cpu_time else []
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, *prefix, script, *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120)
-    return Outcome(case, " ".join(["pipelines/" + case.argv[0], *case.argv[1:]]), done.returncode,
-                   done.stderr.strip(), time.perf_counter() - start, storage.exists())
+    done = subprocess.run([*timer, sys.executable, *prefix, script, *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - start
+    cpu = sum(map(float, timing.read_text().split()[-2:])) if cpu_time else None
+    return Outcome(case, shlex.join(["pipelines/" + case.argv[0], *case.argv[1:]]), done.returncode,
+                   done.stderr.strip(), seconds, storage.exists(), cpu)
