@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from hivg.cli_args import add_dry_run, add_mlflow_uri
 from hivg.config import Config, ConfigError, load_config, load_preset
 from hivg.errors import UserError
 from hivg.run_folder import SELECTION_METRIC
@@ -69,6 +70,10 @@ def train_command(args: argparse.Namespace) -> int:
     """pipelines/train.py: resolve the config in its storage (a folder, or the S3 mirror),
     make the synthetic data and the tiny CLIP's weights when needed, check everything that
     needs no training, train (here or on Ray Train workers) and print the summary."""
+    from hivg.checks import check_train_args
+
+    if check_train_args(args) == "dry-run":
+        return 0
     from hivg.data.manifest import list_splits
     from hivg.data.prepare import ensure_synthetic
     from hivg.orchestration.remote_stage_cache import stage_cache_for
@@ -78,8 +83,6 @@ def train_command(args: argparse.Namespace) -> int:
     from hivg.train.fit import preflight
     from hivg.train.pretrain import resolve_weights
 
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers: expected an integer >= 1, got {args.workers}")
     remote = open_storage(args.storage)
     if remote:
         remote.check()  # before any data, weights or training
@@ -139,14 +142,18 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
                         "(default: $HIVG_STORAGE, else ./runs; credentials from the "
                         "environment; resumable from any machine)")
     p.add_argument("--name", help="study name (default: the file's `name:` or its stem)")
-    p.add_argument("--num-samples", type=int, help="trials per dataset (search spaces)")
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once, >= 1 (default: what "
+                   "fits)")
     p.add_argument("--workers-per-trial", type=int,
-                   help="Ray Train workers per trial; 0 = train in the trial's own process")
-    p.add_argument("--gpus-per-worker", type=float)
-    p.add_argument("--cpus-per-worker", type=float)
-    p.add_argument("--mlflow-uri", help="tracking URI (default: sqlite:///{storage}/mlflow.db)")
-    p.add_argument("--no-mlflow", action="store_true")
+                   help="Ray Train workers per trial; 0 = train in the trial's own process "
+                        "(default: the file's resources.workers)")
+    p.add_argument("--gpus-per-worker", type=float,
+                   help="GPUs per worker, >= 0 (default: the file's resources)")
+    p.add_argument("--cpus-per-worker", type=float,
+                   help="CPUs per worker, > 0 (default: the file's resources)")
+    add_mlflow_uri(p)
+    p.add_argument("--no-mlflow", action="store_true", help="record nothing in MLflow")
+    add_dry_run(p, "the study's trials and their configs")
     p.add_argument("--address", help="auto or HOST:PORT of a Ray cluster (default: "
                    "$RAY_ADDRESS, as in a Ray job, else a local one)")
     p.add_argument("--resume", action="store_true", help="continue the study's Tune state")
@@ -168,14 +175,23 @@ def run_study_command(path: str | None, kind: str, args: argparse.Namespace, **o
         return list_command(args.storage)
     if path is None:
         raise UserError("expected a study file (or --list)")
+    from hivg.checks import check_study_args
     from hivg.orchestration.search_space import load_study
-    from hivg.orchestration.tune import run_study, study_storage
 
+    check_study_args(args, kind)
     study = load_study(Path(path))
     if study.kind != kind:
         raise UserError(f"{path}: a search space; run it with pipelines/sweep.py"
                         if kind == "variants" else
                         f"{path}: an ablation study (variants); run it with pipelines/ablate.py")
+    if args.dry_run:
+        from hivg.orchestration.study_plan import print_study_plan
+
+        print_study_plan(study, name=args.name, num_samples=getattr(args, "num_samples", None),
+                         grid=options.get("grid", False))
+        return 0
+    from hivg.orchestration.tune import run_study, study_storage
+
     storage, remote = study_storage(args.storage)
     study, plan = prepare_study(study, storage, args=args)
     results = run_study(study, args.storage, study_options(args, **options))

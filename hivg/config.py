@@ -20,6 +20,9 @@ search points alike:
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -330,7 +333,7 @@ class Config:
                         default="custom")
 
     def __post_init__(self) -> None:
-        _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+        _require(re.fullmatch(r"auto|cpu|cuda|cuda:\d+", self.device) is not None,
                  "device", "auto, cpu, cuda or cuda:N", self.device)
 
     # -- serialisation -----------------------------------------------------------------
@@ -448,14 +451,17 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads "1e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -634,7 +640,7 @@ def load_config(path: str | Path) -> Config:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise yaml_error(path, e) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
@@ -656,3 +662,43 @@ def _deep_merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def yaml_error(path: str | Path, error: yaml.YAMLError) -> ConfigError:
+    """`FILE:LINE:COL: what is wrong` (1-based, as editors count), one line."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    what = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    what = " ".join(f"{what} ({context})".split()) if context else " ".join(what.split())
+    if mark is None:
+        return ConfigError(f"{path}: not valid YAML: {what}")
+    return ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {what}")
+
+
+def to_overrides(config: Config) -> list[str]:
+    """The config as `key=value` overrides, keys and values as one types them on train.py
+    (stages by name, values in YAML, shell-quoted where needed): pasted back after
+    `--preset` they give the same config."""
+    tree = config.to_dict()
+    lines = [f"{NUM_STAGES}={len(tree['hilora']['stages'])}"]
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, list) and value and all(
+                    isinstance(v, dict) and v.get("name") for v in value):
+                for item in value:
+                    walk({k: v for k, v in item.items() if k != "name"},
+                         f"{prefix}{key}.{item['name']}.")
+            else:
+                lines.append(format_override(f"{prefix}{key}", value))
+
+    walk(tree, "")
+    return lines
+
+
+def format_override(key: str, value: Any) -> str:
+    """`key=value` as typed on a command line (YAML value, shell-quoted where needed)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    return shlex.quote(f"{key}={text.strip().removesuffix('...').strip()}")

@@ -15,9 +15,8 @@ what is measured and how).
 """
 from __future__ import annotations
 
-import argparse
-
 from hivg.cli import run_main
+from hivg.cli_args import Parser
 from hivg.config import preset_names
 from hivg.errors import UserError
 
@@ -25,8 +24,8 @@ DEFAULT_OUT = "benchmark-training.json"
 SEARCH_STORAGE = "runs/search-efficiency"
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def parse_args():
+    p = Parser(description=__doc__)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--model-stats", action="store_true",
                       help="parameters per stage and forward MACs/FLOPs per image")
@@ -101,6 +100,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    check_args(args)
     if args.training_step:
         from hivg.bench.training_step import run_training_step
 
@@ -143,6 +143,19 @@ def main() -> int:
         run_trial_overhead(args.study, args.short,
                            args.out if args.out != DEFAULT_OUT else "trial-overhead.json")
     return 0
+
+
+def check_args(args) -> None:
+    """Flags in range, Ray's address well formed, before any benchmark starts."""
+    from hivg.checks import check_address, check_count, require_module
+
+    for flag in ("batch", "steps", "inference_batch", "pipeline_images", "num_samples",
+                 "epochs", "threads", "train_samples", "eval_samples"):
+        check_count("--" + flag.replace("_", "-"), getattr(args, flag), 1)
+    check_count("--warmup", args.warmup, 0)
+    check_address(args.address)
+    if args.orchestration_overhead or args.search_efficiency:
+        require_module("ray", "cluster", "this benchmark (Ray)")
 
 
 if __name__ == "__main__":

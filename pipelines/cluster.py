@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from hivg.cli import run_main
+from hivg.cli_args import Parser
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_HEADER = """\
@@ -34,8 +35,7 @@ LOCK_HEADER = """\
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="run Ray's own preparation and validation of a file")
     c.add_argument("file")

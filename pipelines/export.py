@@ -8,13 +8,12 @@ part of open_clip's model and are not exported.
 """
 from __future__ import annotations
 
-import argparse
-
 from hivg.cli import run_main
+from hivg.cli_args import Parser
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     args = p.parse_args()

@@ -15,21 +15,13 @@ input (one line on stderr), 1 on an internal failure.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-
-from hivg.cli import EXIT_USER, run_main
+from hivg.cli import default_storage, run_main
+from hivg.cli_args import Parser
 from hivg.data.splits import DATASETS
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse prints the usage too; one line is enough
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_USER)
-
-
-def parse_args() -> argparse.Namespace:
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def parse_args():
+    p = Parser(description=__doc__)
     p.add_argument("--dataset", required=True, nargs="+", metavar="NAME",
                    help=f"one of {', '.join(DATASETS)}; with --image-root several, or all "
                         "(the five)")
@@ -42,8 +34,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--splits-dir", help="folder holding the dataset's FOLDER_SPLIT.pth files")
     p.add_argument("--images-dir", nargs="+", metavar="DIR",
                    help="image folder (mixup: coco=DIR referit=DIR flickr=DIR)")
-    p.add_argument("--storage", default="runs", help="output root (default: ./runs)")
-    p.add_argument("--seed", type=int, default=0, help="synthetic benchmark seed (default 0)")
+    p.add_argument("--storage", default=default_storage(),
+                   help="output root (default: $HIVG_STORAGE, else ./runs)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic benchmark's generator (not of training)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="drop invalid rows and count them instead of stopping at the first")
     p.add_argument("--pack-images", action="store_true", help="also write image shards")
@@ -54,9 +48,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    from hivg.data.prepare import parse_images_dirs, prepare, prepare_authors_layout
+    from hivg.checks import check_count, check_storage
     from hivg.errors import UserError
 
+    check_count("--pack-max-side", args.pack_max_side, 1)
+    check_storage(args.storage)
+    from hivg.data.prepare import parse_images_dirs, prepare, prepare_authors_layout
     if args.image_root or args.split_root:
         if not args.image_root or args.splits_dir or args.images_dir:
             raise UserError("--image-root (and optionally --split-root) read the authors' "

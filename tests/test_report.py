@@ -452,6 +452,19 @@ def test_pipeline(ablation, capsys, monkeypatch):
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "nope" in err
 
 
+def test_pipeline_takes_the_study_file(ablation, capsys, monkeypatch):
+    """The study file as the positional argument, as ablate.py and sweep.py take it: its
+    `name:` names the study under --storage."""
+    script = str(REPO / "pipelines" / "report.py")
+    monkeypatch.setattr("sys.argv", [script, str(ablation.storage / "abl" / "study.yaml"),
+                                     "--storage", str(ablation.storage), "--no-mlflow",
+                                     "--no-plots", "--n-boot", "200"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(script, run_name="__main__")
+    assert e.value.code == 0
+    assert str(ablation.storage / "abl" / "report") in capsys.readouterr().out
+
+
 def test_report_after_study_only_warns(tmp_path):
     lines = []
     assert study_report.report_after_study({"study": "nope"}, tmp_path, log=lines.append) is None

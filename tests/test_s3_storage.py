@@ -252,3 +252,20 @@ def test_a_study_lives_in_the_bucket_and_resumes_from_it_on_a_fresh_machine(
     secrets = [ACCESS_KEY.encode(), SECRET_KEY.encode()]
     for key in s3.keys("studies/"):
         assert not any(s in s3.read(key) for s in secrets), key
+
+
+def test_report_reads_a_study_on_s3_and_pushes_its_report(s3, tmp_path):
+    """report.py --storage s3://...: the study is pulled into the mirror (the URI kept whole),
+    the report written there and pushed beside the study."""
+    from hivg.orchestration.study_report import report_study
+    from test_report import make_variants_study
+
+    made = tmp_path / "made"
+    make_variants_study(made, seeds=(13, 14), n=100)
+    for path in sorted(p for p in (made / "abl").rglob("*") if p.is_file()):
+        s3.client.upload_file(str(path), s3.bucket,
+                              f"studies/abl/{path.relative_to(made / 'abl').as_posix()}")
+    out = report_study("abl", f"s3://{s3.bucket}/studies", mlflow=False, n_boot=200,
+                       plots=False)
+    assert out == s3.mirror / s3.bucket / "studies" / "abl" / "report"
+    assert "studies/abl/report/report.md" in s3.keys("studies/abl/report/")

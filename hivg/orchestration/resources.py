@@ -72,7 +72,8 @@ def concurrent_trials(resources: Resources, cluster: dict[str, float], reserved_
     if need_cpu > cpus or resources.gpus > gpus:
         raise UserError(f"a trial needs {need_cpu:g} CPUs and {resources.gpus:g} GPUs; the "
                         f"cluster has {cpus:g} CPUs and {gpus:g} GPUs")
-    concurrent = limit or max(1, int((cpus - reserved_cpu) // resources.cpus))
+    concurrent = limit if limit is not None else \
+        max(1, int((cpus - reserved_cpu) // resources.cpus))
     if resources.use_gpu:
         concurrent = min(concurrent, max(1, int(gpus // resources.gpus)))
     return concurrent

@@ -82,7 +82,8 @@ from typing import Any, NoReturn, Optional, Union
 import yaml
 
 from hivg.config import (NUM_STAGES, Config, ConfigError, UnknownKeyError, apply_overrides,
-                         check_key, load_config, load_preset, preset_names, stage_position)
+                         check_key, load_config, load_preset, preset_names, stage_position,
+                         yaml_error)
 from hivg.data.splits import DATASETS, FIVE_DATASETS
 from hivg.errors import UserError
 from hivg.orchestration.resources import Resources
@@ -245,7 +246,7 @@ def _read(where: str, path: Path) -> tuple[str, dict[str, Any]]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        _fail(where, f"not valid YAML ({str(e).splitlines()[0]})")
+        raise yaml_error(where, e) from None
     if not isinstance(data, dict):
         _fail(where, "expected a mapping at the top level (base:, datasets:, space: or "
                      "variants:, ...)")

@@ -19,10 +19,18 @@ def report_study(study: str, storage: str | Path, out: str | Path | None = None,
                  mlflow_uri: str | None = None, mlflow: bool = True, n_boot: int = 2000,
                  seed: int = 0, plots: bool = True) -> Path:
     """pipelines/report.py: the report of `study` (a study name under `storage`, or the id
-    of its MLflow parent run), printed and logged to that run; returns the report folder."""
-    storage = Path(storage)
+    of its MLflow parent run), printed and logged to that run; returns the report folder.
+    With S3 storage the study's results are pulled into the mirror and the report pushed."""
+    from hivg.orchestration.remote_storage import open_storage
+
     if n_boot < 100:
         raise UserError(f"--n-boot {n_boot}: expected at least 100 resamples")
+    remote = open_storage(storage)
+    if remote is not None:
+        remote.check()
+        storage = remote.mirror
+        _pull_study(remote, storage, study)
+    storage = Path(storage)
     uri = _tracking_uri(mlflow_uri, storage) if mlflow else None
     name = study
     if not (storage / name / RESULTS).is_file() and _RUN_ID.match(name) and uri:
@@ -35,6 +43,11 @@ def report_study(study: str, storage: str | Path, out: str | Path | None = None,
     files = sorted(p.name for p in out_dir.iterdir() if p.is_file())
     print(f"report: {out_dir / 'report.md'}")
     print(f"files:  {', '.join(files)}")
+    if remote is not None and out is None:
+        from hivg.orchestration.tune import push_study_files
+
+        push_study_files(remote, storage, name, report_only=True)
+        print(f"pushed to {remote.url(name)}/report")
     if uri:
         run_id = log_report_to_study_run(out_dir, uri, name)
         if run_id:
@@ -42,6 +55,19 @@ def report_study(study: str, storage: str | Path, out: str | Path | None = None,
         else:
             print(f"no MLflow parent run for study {name} at {uri}; not logged")
     return out_dir
+
+
+def _pull_study(remote, mirror: Path, name: str) -> None:
+    """The study's own files and its trials' results, from the bucket into the mirror."""
+    from hivg.orchestration.tune import pull_trial_results
+
+    sizes = remote.sizes(name)
+    if not sizes:
+        raise UserError(f"{name}: no study at {remote.url(name)}")
+    for rel in sizes:
+        if "/" not in rel:
+            remote.download(f"{name}/{rel}", mirror / name / rel)
+    pull_trial_results(remote, mirror, name)
 
 
 def _tracking_uri(cli_uri: str | None, storage: Path) -> str | None:

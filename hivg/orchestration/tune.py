@@ -357,7 +357,8 @@ def _resources(study: Study, options: StudyOptions,
     file = study.resources
     resources = Resources(
         workers=file.workers if options.workers_per_trial is None else options.workers_per_trial,
-        cpus_per_worker=options.cpus_per_worker or file.cpus_per_worker,
+        cpus_per_worker=file.cpus_per_worker if options.cpus_per_worker is None
+        else options.cpus_per_worker,
         gpus_per_worker=file.gpus_per_worker if options.gpus_per_worker is None
         else options.gpus_per_worker)
     # Locally: one logical CPU more than the cores, for the fractional trial drivers.
@@ -406,7 +407,7 @@ def _searches(study: Study, options: StudyOptions, name: str, local: Path | None
         params = _trial_params(study)
         return [_Search("grid", {"trial": _grid_search(params)}, None, 1,
                         f"study {name}: {len(params)} trials ({study.kind})")]
-    n = options.num_samples or study.num_samples
+    n = study.num_samples if options.num_samples is None else options.num_samples
     searches = []
     for dataset in study.datasets:
         base = f"search-{safe_name(dataset)}"

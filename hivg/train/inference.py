@@ -26,9 +26,21 @@ from hivg.train.metrics import accuracy_by_type, localisation, write_predictions
 def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, Config]:
     """The model a checkpoint was saved from, with its weights (strict, shapes checked)."""
     state = load_checkpoint(checkpoint, device)
-    if "model" not in state or "config" not in state:
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{checkpoint}: not a HiVG training checkpoint (no model/config inside)")
-    config = Config.from_dict(yaml.safe_load(state["config"]))
+    # train.py stores the config as YAML text; a mapping (a hand-made checkpoint) is read too.
+    tree = state["config"]
+    if isinstance(tree, str):
+        try:
+            tree = yaml.safe_load(tree)
+        except yaml.YAMLError:
+            tree = None
+    if not isinstance(tree, dict):
+        raise UserError(f"{checkpoint}: its config is neither YAML text nor a mapping "
+                        f"(got {type(state['config']).__name__})")
+    config = Config.from_dict(tree)
+    if not isinstance(state.get("stage_index"), int):
+        raise UserError(f"{checkpoint}: not a HiVG training checkpoint (no stage_index)")
     # Weights come from the checkpoint; the starting weights file need not exist any more.
     model = build_model(apply_profile(config.replace({"model.weights": None}),
                                       device.type)).to(device)
