@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -15,7 +14,7 @@ from typing import Any, Callable
 from hivg.cli_args import add_dry_run, add_mlflow_uri
 from hivg.config import Config, ConfigError, load_config, load_preset
 from hivg.errors import UserError
-from hivg.run_folder import SELECTION_METRIC
+from hivg.run_folder import SELECTION_METRIC, config_digest
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 # On a cluster every node has HIVG_STORAGE (cluster.yaml): jobs need no --storage there.
@@ -60,10 +59,8 @@ def with_storage_defaults(config: Config, storage: Path) -> Config:
 
 def default_run_name(config: Config) -> str:
     """Readable and deterministic (never a timestamp): preset, dataset, variant, seed, hash."""
-    tree = config.to_dict()
-    tree["data"].pop("data_dir")  # where the data lives does not change the run
-    digest = hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:6]
-    return f"{config.preset}-{config.data.dataset}-{config.variant}-seed{config.seed}-{digest}"
+    return (f"{config.preset}-{config.data.dataset}-{config.variant}-seed{config.seed}-"
+            f"{config_digest(config)}")
 
 
 def train_command(args: argparse.Namespace) -> int:

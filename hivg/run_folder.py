@@ -53,6 +53,14 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
 
 
+def config_digest(config) -> str:
+    """Six hex digits of a config (a hivg.config.Config) without its data folder: the end of
+    a run folder's default name and of its MLflow run's name."""
+    tree = config.to_dict()
+    tree["data"].pop("data_dir")  # where the data lives does not change the run
+    return hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:6]
+
+
 def acc50(split: str) -> str:
     """The metric name of a split's Acc@0.5 (MLflow rejects '@')."""
     return f"{split}/acc50"

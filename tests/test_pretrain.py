@@ -90,11 +90,17 @@ def test_hard_negatives_raise_the_loss_when_they_match_the_image_best():
     assert hard > easy > clip_loss(img, text, scale) - 1e-6
 
 
-def test_pretraining_is_cached_and_loads_through_the_weight_loader(tmp_path):
+def test_pretraining_is_cached_and_loads_through_the_weight_loader(tmp_path, capsys):
     settings = PretrainSettings("hivg-tiny", 128, 24, scenes=24, steps=2, batch_size=8)
     messages = []
-    path = ensure_pretrained(settings, tmp_path, log=messages.append)
+    path = ensure_pretrained(settings, tmp_path, log=messages.append, progress=True)
     assert path.is_file() and path.parent == tmp_path / "weights"
+    # On a terminal a progress bar with rate and ETA stands for the every-50-steps lines.
+    bar = capsys.readouterr().err
+    assert "pre-training" in bar and "2/2" in bar and ("step/s" in bar or "s/step" in bar)
+    assert "<" in bar  # tqdm's [elapsed<remaining]
+    assert not any("step 2/2" in m for m in messages)
+    assert any("held-out object patches named right" in m for m in messages)
     again = ensure_pretrained(settings, tmp_path, log=messages.append)
     assert again == path and "cached" in messages[-1]
     state = load_clip_state_dict(path)  # the same path as real CLIP weights (weights_only)
@@ -159,7 +165,9 @@ def test_a_short_pretraining_teaches_the_patches_colour_and_reports_it(tmp_path)
     weights."""
     settings = PretrainSettings("hivg-tiny", 128, 24, scenes=256, steps=40, batch_size=32,
                                 lr=2e-3)
-    path = ensure_pretrained(settings, tmp_path, log=lambda _: None)
+    messages = []
+    path = ensure_pretrained(settings, tmp_path, log=messages.append)
+    assert any(m.startswith("  step 40/40  caption loss") for m in messages)  # no terminal
     report = json.loads(report_path(path).read_text())
     assert report["settings"]["steps"] == 40
     accuracy = report["held_out_accuracy"]

@@ -21,6 +21,7 @@ from mlflow_server import mlflow_server  # noqa: E402,F401  (fixture)
 from hivg.errors import UserError  # noqa: E402
 from hivg.orchestration.resources import Resources  # noqa: E402
 from hivg.orchestration.run import TrackingOptions, run_training  # noqa: E402
+from hivg.run_folder import config_digest  # noqa: E402
 from hivg.train.inference import evaluate_checkpoint  # noqa: E402
 from test_train import records, tiny_config  # noqa: E402
 
@@ -67,7 +68,7 @@ def test_two_workers_train_evaluate_exactly_and_log_to_an_mlflow_server(
     assert len(found) == 1
     run = found[0]
     assert run["info"]["status"] == "FINISHED"
-    assert run["info"]["run_name"] == "tiny/synthetic/baseline/seed13"
+    assert run["info"]["run_name"] == f"tiny/synthetic/baseline/seed13-{config_digest(config)}"
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["hilora.stages.stage0.lr"] == str(config.hilora.stages[0].lr)
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}

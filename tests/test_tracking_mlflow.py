@@ -435,3 +435,21 @@ def test_local_server_that_cannot_start_fails_with_its_log_in_one_error(tmp_path
         with mlflow_server("nosuchscheme://nowhere", tmp_path, timeout=90):
             pass
     assert "nosuchscheme" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_runs_mlflow_name_ends_with_its_folders_config_hash(db, tmp_path):
+    """The UI's run list and the storage's folders name a run alike: the same short hash."""
+    from hivg.cli import default_run_name
+    from hivg.config import load_preset
+    from hivg.orchestration.run import TrackingOptions, start_tracker
+
+    config = load_preset("tiny").replace({"variant": "no-bridge", "seed": 7})
+    folder = tmp_path / default_run_name(config)  # tiny-synthetic-no-bridge-seed7-HASH6
+    tracker, _uri = start_tracker(config, tmp_path, folder,
+                                  TrackingOptions(uri=db.uri, experiment="names"), 1, "cpu")
+    tracker.end("FINISHED")
+    name = _run(tracker).info.run_name
+    assert name.startswith("tiny/synthetic/no-bridge/seed7-")
+    assert name.rsplit("-", 1)[1] == folder.name.rsplit("-", 1)[1]
+    other = config.replace({"optim.weight_decay": 0.5})
+    assert default_run_name(other)[-6:] != folder.name[-6:]

@@ -7,8 +7,10 @@ PNG. An http(s) tracking URI is a server already: it is used as it is.
     python -m tools.screenshot_mlflow --tracking-uri sqlite:///runs/mlflow.db \\
         --experiment hivg --out docs/mlflow-compare.png          # the first two child runs
     python -m tools.screenshot_mlflow --tracking-uri sqlite:///runs/mlflow.db \\
-        --experiment hivg --runs tiny/synthetic/baseline/seed13 tiny/synthetic/no-bridge/seed13 \\
+        --experiment hivg --runs tiny/synthetic/baseline/seed13-HASH6 tiny/synthetic/no-bridge/seed13-HASH6 \\
         --out compare.png
+    python -m tools.screenshot_mlflow --tracking-uri sqlite:///runs/mlflow.db \\
+        --experiment demo --variants baseline no-bridge --out docs/mlflow-compare.png
 
 Needs Debian's chromium and chromium-driver (/usr/bin) and selenium (the test extra).
 """
@@ -38,6 +40,9 @@ def main() -> int:
     p.add_argument("--experiment", required=True, help="experiment name")
     p.add_argument("--runs", nargs="+", metavar="RUN_NAME",
                    help="run names to compare (default: the experiment's first two child runs)")
+    p.add_argument("--variants", nargs="+", metavar="VARIANT",
+                   help="compare these variants' child runs (their `variant` tag), each "
+                        "run of the lowest seed")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--window", default="1600x1800",
                    help="browser window WIDTHxHEIGHT (default 1600x1800: plot, names, params "
@@ -50,6 +55,8 @@ def main() -> int:
     window = _window(args.window)
     if args.runs is not None and len(args.runs) < 2:
         raise UserError("--runs: name at least two runs to compare")
+    if args.variants is not None and (len(args.variants) < 2 or args.runs is not None):
+        raise UserError("--variants: name at least two variants, and no --runs")
     uri = args.tracking_uri
     with tempfile.TemporaryDirectory(prefix="hivg-mlflow-ui-") as tmp:
         if uri.startswith(("http://", "https://")):
@@ -63,7 +70,8 @@ def main() -> int:
         else:
             raise UserError(f"--tracking-uri {uri}: expected sqlite:///... or http(s)://...")
         with server as url:
-            experiment_id, run_ids, names = _pick_runs(url, args.experiment, args.runs, uri)
+            experiment_id, run_ids, names = _pick_runs(url, args.experiment, args.runs, uri,
+                                                       args.variants)
             out = _screenshot(url, experiment_id, run_ids, names, Path(args.out), window,
                               Path(tmp) / "chromium-profile")
     print(f"compare view of {', '.join(names)}: {out}")
@@ -87,10 +95,10 @@ def _mlflow_server(backend_uri: str, workdir: Path) -> Iterator[str]:
         yield url
 
 
-def _pick_runs(url: str, experiment: str, names: list[str] | None,
-               where: str) -> tuple[str, list[str], list[str]]:
-    """(experiment id, run ids, run names): the named runs (the latest run of each name), or
-    the first two child runs by start time."""
+def _pick_runs(url: str, experiment: str, names: list[str] | None, where: str,
+               variants: list[str] | None = None) -> tuple[str, list[str], list[str]]:
+    """(experiment id, run ids, run names): the named runs (the latest run of each name), the
+    variants' child runs of their lowest seed, or the first two child runs by start time."""
     from mlflow import MlflowClient
 
     from hivg.tracking import redact
@@ -101,7 +109,9 @@ def _pick_runs(url: str, experiment: str, names: list[str] | None,
         raise UserError(f"--experiment {experiment}: no such experiment in {redact(where)}")
     runs = client.search_runs([exp.experiment_id], max_results=5000,
                               order_by=["attributes.start_time ASC"])
-    if names is None:
+    if variants is not None:
+        picked = [_variant_run(runs, v, experiment) for v in variants]
+    elif names is None:
         children = [r for r in runs if PARENT_TAG in r.data.tags]
         if len(children) < 2:
             raise UserError(f"experiment {experiment} has {len(children)} child run(s); "
@@ -115,6 +125,16 @@ def _pick_runs(url: str, experiment: str, names: list[str] | None,
         picked = [by_name[n] for n in names]
     return (exp.experiment_id, [r.info.run_id for r in picked],
             [r.info.run_name for r in picked])
+
+
+def _variant_run(runs: list, variant: str, experiment: str):
+    """The latest child run of `variant` among those of its lowest seed."""
+    found = [r for r in runs if PARENT_TAG in r.data.tags and r.data.tags.get("variant") == variant]
+    if not found:
+        raise UserError(f"--variants: no child run of variant {variant!r} in experiment "
+                        f"{experiment}")
+    lowest = min(int(r.data.tags.get("seed", 0)) for r in found)
+    return [r for r in found if int(r.data.tags.get("seed", 0)) == lowest][-1]
 
 
 def _screenshot(url: str, experiment_id: str, run_ids: list[str], names: list[str],

@@ -14,7 +14,8 @@ from typing import Any, Callable
 from hivg.config import Config
 from hivg.errors import UserError
 from hivg.orchestration.resources import LOCAL, Resources, check_run_fits
-from hivg.run_folder import CHECKPOINTS, CONFIG, METRICS, PREDICTIONS, SUMMARY, RunFolder
+from hivg.run_folder import (CHECKPOINTS, CONFIG, METRICS, PREDICTIONS, SUMMARY, RunFolder,
+                              config_digest)
 from hivg.train.hooks import NullTracker
 
 
@@ -32,8 +33,10 @@ class TrackingOptions:
 
 
 def mlflow_run_name(config: Config) -> str:
-    """Readable from the config: preset/dataset/variant/seedN."""
-    return f"{config.preset}/{config.data.dataset}/{config.variant}/seed{config.seed}"
+    """Readable from the config, ending in its hash as the run folder's default name does:
+    preset/dataset/variant/seedN-HASH6."""
+    return (f"{config.preset}/{config.data.dataset}/{config.variant}/seed{config.seed}-"
+            f"{config_digest(config)}")
 
 
 def prepare_remote_run_folder(config: Config, sync, resume: bool) -> None:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from hivg.config import Config
 from hivg.data import synthetic
@@ -70,9 +72,14 @@ class PretrainSettings:
 MAX_CAPTIONED = 4  # 5 words an object: 4 objects + start/end fit a 24-token context
 
 
+# A caption's coarse places: thirds of the image.
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "centre", "right")
+
+
 def _phrase(o: synthetic.Shape, width: int, height: int) -> str:
-    row = ("top", "middle", "bottom")[min(2, int(3 * o.cy / height))]
-    col = ("left", "centre", "right")[min(2, int(3 * o.cx / width))]
+    row = ROWS[min(2, int(3 * o.cy / height))]
+    col = COLUMNS[min(2, int(3 * o.cx / width))]
     return f"{o.size} {o.colour} {o.shape} {row} {col}"
 
 
@@ -279,7 +286,9 @@ def region_phrase_accuracy(model: torch.nn.Module, data: PretrainData, phrase_to
 
 
 def pretrain_clip(settings: PretrainSettings, out_path: Path,
-                  log: Callable[[str], None] = print) -> Path:
+                  log: Callable[[str], None] = print, progress: bool | None = None) -> Path:
+    """Pre-train and save to `out_path`, the held-out report beside it. A progress bar with an
+    ETA on a terminal (`progress` None: when stderr is one); log lines every 50 steps."""
     from hivg.model.backbone import create_open_clip
     torch.manual_seed(settings.seed)
     start = time.perf_counter()
@@ -303,6 +312,8 @@ def pretrain_clip(settings: PretrainSettings, out_path: Path,
     accuracy: dict[str, float] = {}
     order = torch.randperm(settings.scenes, generator=gen)
     cursor = 0
+    bar = tqdm(total=settings.steps, desc="pre-training", unit="step", dynamic_ncols=True,
+               disable=not (sys.stderr.isatty() if progress is None else progress))
     for step in range(1, settings.steps + 1):
         if cursor + settings.batch_size > settings.scenes:
             order, cursor = torch.randperm(settings.scenes, generator=gen), 0
@@ -319,13 +330,19 @@ def pretrain_clip(settings: PretrainSettings, out_path: Path,
         loss.backward()
         optimizer.step()
         schedule.step()
+        bar.update()
         if step % 50 == 0 or step == settings.steps:
-            log(f"  step {step}/{settings.steps}  caption loss {caption_loss.item():.3f}  "
-                f"region-phrase loss {dense_loss.item():.3f}  {time.perf_counter() - start:.0f}s")
+            bar.set_postfix_str(f"caption loss {caption_loss.item():.3f}", refresh=False)
+            if bar.disable:  # the bar says as much on a terminal
+                log(f"  step {step}/{settings.steps}  caption loss {caption_loss.item():.3f}  "
+                    f"region-phrase loss {dense_loss.item():.3f}  "
+                    f"{time.perf_counter() - start:.0f}s")
         if step % 300 == 0 or step == settings.steps:
             accuracy = region_phrase_accuracy(model, held_out, phrase_tokens)
-            log("  held-out object patches named right: " +
-                "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+            with bar.external_write_mode():  # the line above the bar, not through it
+                log("  held-out object patches named right: " +
+                    "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+    bar.close()
     save_checkpoint(out_path, {"state_dict": model.state_dict()})
     # What the weights perceive, beside them: runs and READMEs quote it.
     report = {"settings": asdict(settings), "seconds": round(time.perf_counter() - start, 1),
@@ -339,12 +356,20 @@ def report_path(weights_path: Path) -> Path:
 
 
 def ensure_pretrained(settings: PretrainSettings, storage: Path,
-                      log: Callable[[str], None] = print) -> Path:
+                      log: Callable[[str], None] = print, shipped: bool = True,
+                      progress: bool | None = None) -> Path:
+    """The cached checkpoint for `settings` under {storage}/weights/: already there, unpacked
+    from the copy shipped with hivg (the default recipe's), or pre-trained now (`progress`:
+    see pretrain_clip)."""
+    from hivg.train.shipped_weights import materialize
+
     path = Path(storage) / "weights" / f"{settings.clip}-synthetic-{settings.key()}.pt"
     if path.is_file():
         log(f"tiny CLIP weights: {path} (cached)")
         return path
-    return pretrain_clip(settings, path, log)
+    if shipped and materialize(settings.clip, settings.key(), path, log):
+        return path
+    return pretrain_clip(settings, path, log, progress)
 
 
 def resolve_weights(config: Config, storage: Path, log: Callable[[str], None] = print) -> Config:
@@ -368,3 +393,28 @@ def resolve_weights(config: Config, storage: Path, log: Callable[[str], None] = 
     elif source.loads:
         log(f"model.weights: {m.weights}")
     return config
+
+
+def main() -> int:
+    """python -m hivg.train.pretrain: pre-train the preset's recipe into {storage}/weights/
+    (the way to remake the copy shipped with hivg: then tools/pack_tiny_clip.py)."""
+    import argparse
+
+    from hivg.cli import default_storage
+    from hivg.config import load_preset
+
+    p = argparse.ArgumentParser(description="Pre-train the tiny CLIP on synthetic scenes.")
+    p.add_argument("--storage", default=default_storage(),
+                   help="the weights land in STORAGE/weights/ (default: %(default)s)")
+    p.add_argument("--preset", default="tiny", help="whose model sizes (default: %(default)s)")
+    args = p.parse_args()
+    m = load_preset(args.preset).model
+    settings = PretrainSettings(m.clip, m.image_size, m.context_length)
+    print(f"tiny CLIP weights: {ensure_pretrained(settings, Path(args.storage), shipped=False)}")
+    return 0
+
+
+if __name__ == "__main__":
+    from hivg.cli import run_main
+
+    run_main(main)
