@@ -141,11 +141,10 @@ def check_device(device: str, flag: str = "--device") -> None:
 
 
 # -- what each pipeline checks --------------------------------------------------------------
-def check_train_args(args) -> str | None:
-    """pipelines/train.py: flags, config, then (unless --dry-run, which prints the resolved
-    config and returns "dry-run") storage, Ray and MLflow."""
+def check_train_args(args):
+    """pipelines/train.py's flags and config; returns the config, resolved in its storage
+    (what --dry-run prints)."""
     from hivg.cli import resolve_config, with_storage_defaults
-    from hivg.config import to_overrides
     from hivg.orchestration.remote_storage import open_storage
 
     check_count("--workers", args.workers, 1)
@@ -159,15 +158,15 @@ def check_train_args(args) -> str | None:
         require_module("ray", "cluster", f"--workers {args.workers}")
     remote = open_storage(args.storage)
     storage = remote.mirror if remote else Path(args.storage)
-    config = with_storage_defaults(resolve_config(args.config, args.preset, args.overrides),
-                                   storage)
-    if args.dry_run:
-        print("\n".join(to_overrides(config)))
-        return "dry-run"
+    return with_storage_defaults(resolve_config(args.config, args.preset, args.overrides),
+                                 storage)
+
+
+def check_train_services(args, config) -> None:
+    """What pipelines/train.py needs beyond its flags: the device, the storage, MLflow."""
     check_device(config.device, "device=")
     check_storage(args.storage)
     check_mlflow(args.mlflow_uri, args.storage, enabled=not args.no_mlflow)
-    return None
 
 
 def check_study_args(args, kind: str) -> None:

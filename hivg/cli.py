@@ -67,10 +67,14 @@ def train_command(args: argparse.Namespace) -> int:
     """pipelines/train.py: resolve the config in its storage (a folder, or the S3 mirror),
     make the synthetic data and the tiny CLIP's weights when needed, check everything that
     needs no training, train (here or on Ray Train workers) and print the summary."""
-    from hivg.checks import check_train_args
+    from hivg.checks import check_train_args, check_train_services
+    from hivg.config import to_overrides
 
-    if check_train_args(args) == "dry-run":
+    config = check_train_args(args)
+    if args.dry_run:
+        print("\n".join(to_overrides(config)))
         return 0
+    check_train_services(args, config)
     from hivg.data.manifest import list_splits
     from hivg.data.prepare import ensure_synthetic
     from hivg.orchestration.remote_stage_cache import stage_cache_for
@@ -85,8 +89,6 @@ def train_command(args: argparse.Namespace) -> int:
         remote.check()  # before any data, weights or training
     # Data, weights and run folders are local files: the folder itself, or the S3 mirror.
     storage = remote.mirror if remote else Path(args.storage)
-    config = with_storage_defaults(resolve_config(args.config, args.preset, args.overrides),
-                                   storage)
     if config.data.dataset == "synthetic" and not list_splits(config.data.data_dir, "synthetic"):
         ensure_synthetic(storage, seed=0, log=print)
     preflight(config, log=print)  # a bad config fails here, before data or weights are made

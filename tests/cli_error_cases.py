@@ -10,6 +10,7 @@ fresh folder path (it must not exist afterwards: nothing was made), {file} an ex
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -185,5 +186,8 @@ def run_case(case: Case, root: Path, inputs: dict[str, str], cpu_time: bool = Fa
                           capture_output=True, text=True, timeout=600)
     seconds = time.perf_counter() - start
     cpu = sum(map(float, timing.read_text().split()[-2:])) if cpu_time else None
-    return Outcome(case, shlex.join(["pipelines/" + case.argv[0], *case.argv[1:]]), done.returncode,
+    shown = ["pipelines/" + case.argv[0], *case.argv[1:]]  # placeholders left as they are
+    command = " ".join(a if re.fullmatch(r"[\w./:=+,@{}-]+", a) else shlex.quote(a)
+                       for a in shown)
+    return Outcome(case, command, done.returncode,
                    done.stderr.strip(), seconds, storage.exists(), cpu)
