@@ -15,6 +15,7 @@ Typical use (a pipeline)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
@@ -442,7 +443,14 @@ _VERSIONED = {"torch": "torch", "open_clip": "open_clip_torch", "peft": "peft",
 
 
 def package_tags() -> dict[str, str]:
-    """Versions of the packages that shape results, and the git commit of this code."""
+    """Versions of the packages that shape results, and the git commit of this code (once
+    per process, like hivg.train.stage_cache.code_fingerprint: a reused Tune trial process
+    would otherwise run two git commands per trial)."""
+    return dict(_package_tags())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_tags() -> dict[str, str]:
     tags: dict[str, str] = {}
     for name, dist in _VERSIONED.items():
         try:
