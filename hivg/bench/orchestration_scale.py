@@ -222,6 +222,8 @@ def run_orchestration_scale(trials: int, concurrent: int, results: int, out: str
         print(f"bare Ray Tune: {trials} no-op trials x {results} results, {concurrent} at once",
               flush=True)
         bare = run_bare_tune(storage / "bare", trials, concurrent, results)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"bare_tune": bare, "partial": True}, indent=2))
         print("project study path: the same trials through run_study", flush=True)
         profile = cProfile.Profile()
         project = run_project_path(storage / "project", trials, concurrent, results, profile)

@@ -15,6 +15,7 @@ Typical use (a pipeline)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
@@ -260,6 +261,9 @@ class MlflowTracker:
         self.client, self.uri, self.run_id = client, uri, run_id
         self._ended = False
         self._writer: _MetricWriter | None = None
+        # Params this tracker logged into a run it created (None: ask the store, the run may
+        # hold params from an earlier process): saves a get_run per log_params.
+        self._params: dict[str, str] | None = None
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str | None = None,
@@ -295,7 +299,9 @@ class MlflowTracker:
             tags[PARENT_RUN_TAG] = parent_run_id
         run = client.create_run(experiment_id, tags=_clean(tags, MAX_TAG_VAL_LENGTH),
                                 run_name=run_name)
-        return cls(client, uri, run.info.run_id)
+        tracker = cls(client, uri, run.info.run_id)
+        tracker._params = {}
+        return tracker
 
     # Pickling sends (uri, run_id) only, so a Ray worker can log into a driver-made run.
     def __getstate__(self) -> dict[str, Any]:
@@ -314,7 +320,8 @@ class MlflowTracker:
         the key instead of an MLflow error mid-run.
         """
         new = _clean(params, MAX_PARAM_VAL_LENGTH)
-        logged = self.client.get_run(self.run_id).data.params
+        logged = self._params if self._params is not None else \
+            self.client.get_run(self.run_id).data.params
         changed = [k for k, v in new.items() if k in logged and logged[k] != v]
         if changed:
             k = changed[0]
@@ -324,6 +331,8 @@ class MlflowTracker:
         todo = [Param(k, v) for k, v in new.items() if k not in logged]
         for chunk in _chunks(todo, MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
+            if self._params is not None:
+                self._params.update((p.key, p.value) for p in chunk)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         items = [RunTag(k, v) for k, v in _clean(tags, MAX_TAG_VAL_LENGTH).items()]
@@ -471,7 +480,14 @@ _VERSIONED = {"torch": "torch", "open_clip": "open_clip_torch", "peft": "peft",
 
 
 def package_tags() -> dict[str, str]:
-    """Versions of the packages that shape results, and the git commit of this code."""
+    """Versions of the packages that shape results, and the git commit of this code (once
+    per process, like hivg.train.stage_cache.code_fingerprint: a reused Tune trial process
+    would otherwise run two git commands per trial)."""
+    return dict(_package_tags())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_tags() -> dict[str, str]:
     tags: dict[str, str] = {}
     for name, dist in _VERSIONED.items():
         try:
