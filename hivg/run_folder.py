@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -149,8 +150,11 @@ class RunFolder:
 
     def write_identity(self, identity: "Identity") -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.identity_path.write_text(json.dumps(
+        # Written whole or not at all: a driver killed mid-write must not leave half a file.
+        part = self.identity_path.with_name(IDENTITY + ".part")
+        part.write_text(json.dumps(
             {"hash": identity.hash, "config": identity.config}, indent=1, sort_keys=True))
+        os.replace(part, self.identity_path)
 
     # -- reading -------------------------------------------------------------------------
     def read_config(self) -> Optional[dict[str, Any]]:
@@ -172,8 +176,11 @@ class RunFolder:
         before writing it, or one from before identities) its config.yaml's; None: not
         started."""
         if self.identity_path.is_file():
-            data = json.loads(self.identity_path.read_text())
-            return Identity(str(data["hash"]), data.get("config") or {})
+            try:
+                data = json.loads(self.identity_path.read_text())
+                return Identity(str(data["hash"]), data.get("config") or {})
+            except (ValueError, KeyError, TypeError):
+                pass  # unreadable (an older, torn write): the config.yaml's identity below
         config = self.read_config()
         return None if config is None else Identity.of(config)
 

@@ -198,3 +198,13 @@ def test_a_run_resumes_under_another_mirror_path_but_not_with_another_config(tmp
     assert folder.config_path.read_text() == elsewhere.to_yaml()  # this machine's paths
     with pytest.raises(UserError, match="another config"):
         folder.prepare(config.replace({"hilora.stages.stage0.lr": 0.5}).to_yaml(), resume=True)
+
+
+def test_identity_is_written_whole_and_a_torn_file_reads_as_the_configs(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    identity = Identity.of({"seed": 13, "optim": {"lr": 0.001}})
+    folder.write_identity(identity)
+    assert folder.read_identity() == identity
+    assert [p.name for p in folder.path.iterdir()] == ["identity.json"]  # no .part left
+    folder.identity_path.write_text("")  # a write a kill cut short (before writes were whole)
+    assert folder.read_identity() is None  # no config.yaml either: not started
