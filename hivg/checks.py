@@ -171,15 +171,18 @@ def check_train_services(args, config) -> None:
 
 def check_study_args(args, kind: str) -> None:
     """pipelines/ablate.py and sweep.py: the flags (0 means 0 or is refused, never the
-    default). --dry-run needs none of the services."""
+    default), before the study file is read."""
     check_count("--num-samples", getattr(args, "num_samples", None), 1)
     check_count("--max-concurrent", args.max_concurrent, 1)
     check_count("--workers-per-trial", args.workers_per_trial, 0)
     check_count("--cpus-per-worker", args.cpus_per_worker, 0, integer=False, above=True)
     check_count("--gpus-per-worker", args.gpus_per_worker, 0, integer=False)
     check_name("--name", args.name)
-    if args.dry_run:
-        return
+
+
+def check_study_services(args, kind: str) -> None:
+    """ablate.py and sweep.py after the study file loaded (a bad file is named before any
+    service is touched or the storage made): extras, Ray address, storage, MLflow."""
     require_module("ray", "cluster", "a study (Ray Tune)")
     if kind == "space":
         require_module("optuna", "cluster", "a search (Optuna TPE)")

@@ -174,7 +174,7 @@ def run_study_command(path: str | None, kind: str, args: argparse.Namespace, **o
         return list_command(args.storage)
     if path is None:
         raise UserError("expected a study file (or --list)")
-    from hivg.checks import check_study_args
+    from hivg.checks import check_study_args, check_study_services
     from hivg.orchestration.search_space import load_study
 
     check_study_args(args, kind)
@@ -189,6 +189,7 @@ def run_study_command(path: str | None, kind: str, args: argparse.Namespace, **o
         print_study_plan(study, name=args.name, num_samples=getattr(args, "num_samples", None),
                          grid=options.get("grid", False))
         return 0
+    check_study_services(args, kind)
     from hivg.orchestration.tune import run_study, study_storage
 
     storage, remote = study_storage(args.storage)

@@ -134,6 +134,13 @@ def test_redact(value, expected):
     assert redact(value) == expected
 
 
+def without_tracking_uri(monkeypatch):
+    """$MLFLOW_TRACKING_URI unset now and as it was after the test, though shareable_uri sets
+    it (delenv alone records nothing to restore when it is unset)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+
+
 @pytest.mark.parametrize("uri, travels", [
     ("sqlite:////tmp/store/mlflow.db", "sqlite:////tmp/store/mlflow.db"),
     ("http://10.0.0.5:5000", "http://10.0.0.5:5000"),
@@ -142,7 +149,7 @@ def test_redact(value, expected):
 ])
 def test_a_uri_with_a_password_reaches_workers_through_the_environment(uri, travels,
                                                                        monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    without_tracking_uri(monkeypatch)
     assert shareable_uri(uri) == travels
     assert shared_uri(travels) == uri  # what the worker uses, from its environment
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -153,7 +160,7 @@ def test_a_uri_with_a_password_reaches_workers_through_the_environment(uri, trav
 
 def test_a_pickled_tracker_holds_no_password(start, monkeypatch):
     """What Ray Train workers get: the run, and the URI from their environment."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    without_tracking_uri(monkeypatch)
     tracker = start()
     tracker.uri = "http://u:hunter2@127.0.0.1:1"  # not contacted: only pickled
     data = pickle.dumps(tracker)
