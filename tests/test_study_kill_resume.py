@@ -23,6 +23,7 @@ from s3_server import ACCESS_KEY, SECRET_KEY
 
 pytest_plugins = ["s3_server"]  # the s3 and s3_server fixtures
 from mlflow_server import running_mlflow_server  # noqa: E402
+from tools.processes import kill_processes_naming  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 STUDY = """name: kr
 base: tiny
@@ -45,27 +46,6 @@ variants:
 EPOCHS = 3
 # The tracking URI carries a password: shown redacted, and found in nothing written.
 URI_PASSWORD = "hivg-uri-password-" + SECRET_KEY[-8:]
-
-
-def ray_processes(ray_tmp: Path) -> list[int]:
-    """PIDs of the processes of the Ray that ran under `ray_tmp` (its own temp dir names it
-    on their command lines; a SIGKILLed driver leaves them behind)."""
-    import psutil
-
-    pids = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        with_dir = any(str(ray_tmp) in part for part in (p.info["cmdline"] or []))
-        if with_dir and p.info["pid"] != os.getpid():
-            pids.append(p.info["pid"])
-    return pids
-
-
-def kill_pids(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture
@@ -141,7 +121,7 @@ def test_a_driver_killed_mid_study_resumes_from_another_machine(s3, mlflow_serve
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
-        kill_pids(ray_processes(ray_tmp))
+        kill_processes_naming(ray_tmp)
     finished, epochs = trial_state(s3, trials)
     assert len(finished) == 1, (finished, epochs)
     (interrupted, at_epoch), = ((t, n) for t, n in epochs.items() if n < EPOCHS)
@@ -153,7 +133,7 @@ def test_a_driver_killed_mid_study_resumes_from_another_machine(s3, mlflow_serve
     finally:
         if second.poll() is None:
             os.killpg(second.pid, signal.SIGKILL)
-        kill_pids(ray_processes(ray_tmp2))
+        kill_processes_naming(ray_tmp2)
     out, err = outputs[2].read_text(), outputs[3].read_text()
     assert second.returncode == 0, err[-3000:]
 

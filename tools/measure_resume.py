@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from s3_server import aws_env, running_s3_server  # noqa: E402
+from tools.processes import kill_processes_naming  # noqa: E402
 
 STUDY = """name: measure
 base: tiny
@@ -124,13 +125,6 @@ def counting_proxy(target_port: int, counter: Counter) -> ThreadingHTTPServer:
     return server
 
 
-def ray_pids(ray_tmp: Path) -> list[int]:
-    import psutil
-
-    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-            if any(str(ray_tmp) in part for part in (p.info["cmdline"] or []))]
-
-
 def run_ablate(study: Path, storage: str, mirror: Path, env: dict[str, str], uri: str,
                work: Path, flags: tuple[str, ...] = (), kill_when=None) -> dict:
     """ablate.py in its own process group; stdout lines time-stamped; `kill_when()` true:
@@ -155,11 +149,7 @@ def run_ablate(study: Path, storage: str, mirror: Path, env: dict[str, str], uri
             break
         time.sleep(0.5)
     process.wait()
-    for pid in ray_pids(ray_tmp):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_processes_naming(ray_tmp)
     reader.join(10)
     shutil.rmtree(ray_tmp, ignore_errors=True)
     return {"rc": process.returncode, "killed": killed, "lines": lines,
