@@ -637,8 +637,9 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise yaml_error(path, e) from None
     if not isinstance(data, dict):
@@ -651,7 +652,7 @@ def load_config(path: str | Path) -> Config:
             return Config.from_dict(merged)
         return Config.from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(with_position(f"{path}: {e}", path, text)) from None
 
 
 def _deep_merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
@@ -673,6 +674,55 @@ def yaml_error(path: str | Path, error: yaml.YAMLError) -> ConfigError:
     if mark is None:
         return ConfigError(f"{path}: not valid YAML: {what}")
     return ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {what}")
+
+
+def key_positions(text: str) -> dict[str, tuple[int, int]]:
+    """Every key of a YAML text as the key grammar spells it (`optim.lr`; list items by their
+    `name:`, else by index: `hilora.stages.stage0.epochs`) -> its (line, column), 1-based;
+    {} when the text does not parse."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    found: dict[str, tuple[int, int]] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    found.setdefault(prefix + key.value,
+                                     (key.start_mark.line + 1, key.start_mark.column + 1))
+                    walk(value, f"{prefix}{key.value}.")
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                label = str(index)
+                if isinstance(item, yaml.MappingNode):
+                    label = next((v.value for k, v in item.value if isinstance(v, yaml.ScalarNode)
+                                  and getattr(k, "value", None) == "name"), label)
+                found.setdefault(prefix + label,
+                                 (item.start_mark.line + 1, item.start_mark.column + 1))
+                walk(item, f"{prefix}{label}.")
+
+    walk(root, "")
+    return found
+
+
+def with_position(message: str, path: str | Path, text: str) -> str:
+    """`PATH: KEY: what` -> `PATH:LINE:COL: KEY: what`, where KEY (or the longest part of it
+    the file spells) stands in the file's text; the message unchanged otherwise."""
+    head = f"{path}: "
+    if not message.startswith(head):
+        return message
+    key = message[len(head):].split(": ", 1)[0]
+    if not key or " " in key:
+        return message
+    positions = key_positions(text)
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        where = positions.get(".".join(parts[:end]))
+        if where:
+            return f"{path}:{where[0]}:{where[1]}: {message[len(head):]}"
+    return message
 
 
 def to_overrides(config: Config) -> list[str]:

@@ -5,6 +5,7 @@ Each case: an id, the pipeline and its arguments, a part of the one line it must
 optionally packages to hide (tests/hide_modules.py) or a condition. Placeholders: {storage} a
 fresh folder path (it must not exist afterwards: nothing was made), {file} an existing file,
 {dir} an existing empty folder, {bad_config}/{bad_study} YAML files with a syntax error,
+{key_config}/{key_study} valid YAML files with an unknown key,
 {config_dict_ckpt} a checkpoint whose config is a mapping with an unknown key.
 """
 from __future__ import annotations
@@ -102,6 +103,10 @@ CASES = [
          "bad.yaml:4:10: not valid YAML: mapping values are not allowed here"),
     Case("ablate-study-yaml", ("ablate.py", "{bad_study}", "--storage", "{storage}", NO_ML),
          "study.yaml:2:6: not valid YAML"),
+    Case("train-config-key", ("train.py", "--storage", "{storage}", "--config", "{key_config}",
+                              NO_ML), "key.yaml:3:3: optim.lrr: unknown key"),
+    Case("ablate-study-key", ("ablate.py", "{key_study}", "--storage", "{storage}", NO_ML),
+         "key-study.yaml:4:15: variants.no-bridge.model.bridge.enabledd: unknown key"),
     # numeric flags
     Case("train-workers-0", ("train.py", "--storage", "{storage}", "--workers", "0", NO_ML),
          "--workers 0: expected an integer >= 1"),
@@ -157,6 +162,9 @@ def make_inputs(root: Path) -> dict[str, str]:
     (root / "empty").mkdir(exist_ok=True)
     (root / "bad.yaml").write_text("preset: tiny\nseed: 1\nmodel:\n  clip: a: b\n")
     (root / "study.yaml").write_text("base: tiny\n  bad: indent\nvariants: {a: {}}\n")
+    (root / "key.yaml").write_text("preset: tiny\noptim:\n  lrr: 0.1\n")
+    (root / "key-study.yaml").write_text("base: tiny\nvariants:\n  baseline: {}\n"
+                                         "  no-bridge: {model.bridge.enabledd: false}\n")
     ckpt = root / "config-dict.pt"
     if not ckpt.is_file():
         import torch
@@ -164,6 +172,7 @@ def make_inputs(root: Path) -> dict[str, str]:
         torch.save({"model": {}, "config": {"bogus": 1}, "stage_index": 0}, ckpt)
     return {"file": str(root / "a-file"), "dir": str(root / "empty"),
             "bad_config": str(root / "bad.yaml"), "bad_study": str(root / "study.yaml"),
+            "key_config": str(root / "key.yaml"), "key_study": str(root / "key-study.yaml"),
             "config_dict_ckpt": str(ckpt)}
 
 

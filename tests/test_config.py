@@ -74,7 +74,7 @@ def test_config_file_starts_from_a_preset_and_reports_its_path(tmp_path):
     assert c.model.bridge.vision_layers == [0, 3, 7, 11]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"preset": "tiny", "model": {"brige": {}}}))
-    with pytest.raises(ConfigError, match=r"bad.yaml: model.brige: unknown key"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+:\d+: model.brige: unknown key"):
         load_config(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
@@ -149,3 +149,17 @@ def test_the_config_reference_in_docs_is_current():
     repo = Path(__file__).resolve().parents[1]
     assert (repo / "docs" / "config.md").read_text() == reference(), \
         "regenerate: python -m tools.config_reference > docs/config.md"
+
+
+@pytest.mark.parametrize("body, start", [
+    ("preset: tiny\noptim:\n  lrr: 0.1\n", "3:3: optim.lrr: unknown key"),
+    ("preset: tiny\nhilora:\n  stages:\n  - name: stage0\n    epochz: 1\n",
+     "5:5: hilora.stages.stage0.epochz: unknown key"),
+    ("preset: tiny\nseed: abc\n", "2:1: seed: expected an integer"),
+])
+def test_a_config_file_error_names_the_line_and_column_of_its_key(tmp_path, body, start):
+    path = tmp_path / "c.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}:{start}"), str(err.value)

@@ -2,6 +2,7 @@
 the file, the key and what was expected, conditional sampling, grid points, variant trials."""
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -190,9 +191,40 @@ def test_a_bad_file_is_one_user_error_naming_file_key_and_expectation(tmp_path, 
         load_study(path)
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith(f"{path}: ")
+    assert re.match(rf"{re.escape(str(path))}(:\d+:\d+)?: ", message), message
     for fragment in fragments:
         assert fragment in message, message
+
+
+POSITIONS = [
+    # (id, file body, the message's start after the file name: line:col and key)
+    ("unknown top-level key", "base: tiny\nvariants: {baseline: {}}\n\nepochs: 3\n",
+     "4:1: epochs: unknown key"),
+    ("space key", """\
+        base: tiny
+        space:
+          hilora.stages.stage0.lr: {loguniform: [1.0e-5, 1.0e-3]}
+          optim.weight_decayy: {choice: [0.1]}
+     """, "4:3: space.optim.weight_decayy: unknown key"),
+    ("variant key", """\
+        base: tiny
+        variants:
+          baseline: {}
+          no-bridge: {model.bridge.enabledd: false}
+     """, "4:15: variants.no-bridge.model.bridge.enabledd: unknown key"),
+    ("override key", "base: tiny\noverrides:\n  optim.nope: 1\nvariants: {baseline: {}}\n",
+     "3:3: overrides.optim.nope: unknown key"),
+    ("seeds", "base: tiny\nseeds: [13, x]\nvariants: {baseline: {}}\n",
+     "2:1: seeds: expected"),
+]
+
+
+@pytest.mark.parametrize("body, start", [p[1:] for p in POSITIONS], ids=[p[0] for p in POSITIONS])
+def test_a_bad_key_in_valid_yaml_is_named_with_its_line_and_column(tmp_path, body, start):
+    path = write(tmp_path, body, "bad.yaml")
+    with pytest.raises(UserError) as info:
+        load_study(path)
+    assert str(info.value).startswith(f"{path}:{start}"), str(info.value)
 
 
 # ----------------------------------------------------------------------------- sampling

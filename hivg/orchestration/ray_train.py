@@ -12,6 +12,7 @@ is truncated to that position first, so no epoch is logged twice.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -207,6 +208,10 @@ def connect(address: str | None, num_cpus: float | None = None, log: Callable[[s
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
+            # Ray announces that the local cluster it starts has token auth on (it is secure
+            # already; nothing to do): one line of chatter on every local study
+            logging.getLogger("ray._private.authentication.authentication_token_setup"
+                              ).setLevel(logging.ERROR)
             ray.init(num_cpus=num_cpus, include_dashboard=None, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

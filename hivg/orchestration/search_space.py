@@ -82,8 +82,8 @@ from typing import Any, NoReturn, Optional, Union
 import yaml
 
 from hivg.config import (NUM_STAGES, Config, ConfigError, UnknownKeyError, apply_overrides,
-                         check_key, load_config, load_preset, preset_names, stage_position,
-                         yaml_error)
+                         check_key, key_positions, load_config, load_preset, preset_names,
+                         stage_position, with_position, yaml_error)
 from hivg.data.splits import DATASETS, FIVE_DATASETS
 from hivg.errors import UserError
 from hivg.orchestration.resources import Resources
@@ -204,10 +204,18 @@ class TrialSpec:
 
 
 def load_study(path: str | Path) -> Study:
-    """Read and validate a study file (see the module docstring). Raises UserError."""
+    """Read and validate a study file (see the module docstring). Raises UserError, with the
+    line and column of the key it names where the file spells that key."""
     path = Path(path)
     where = str(path)
     text, data = _read(where, path)
+    try:
+        return _study(where, path, text, data)
+    except UserError as e:
+        raise type(e)(with_position(str(e), where, text)) from None
+
+
+def _study(where: str, path: Path, text: str, data: dict[str, Any]) -> Study:
     is_space = "space" in data
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not _NAME.match(name):
@@ -252,7 +260,7 @@ def _read(where: str, path: Path) -> tuple[str, dict[str, Any]]:
                      "variants:, ...)")
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            _fail(where, f"{key}: unknown key (expected one of {', '.join(TOP_LEVEL_KEYS)})")
+            _fail(f"{where}:{_position(text, key)}", f"{key}: unknown key (expected one of {', '.join(TOP_LEVEL_KEYS)})")
     if ("space" in data) == ("variants" in data):
         got = "both" if "space" in data else "neither"
         _fail(where, f"space/variants: expected exactly one of space: (a search) or variants: "
@@ -393,6 +401,11 @@ def _require_space(study: Study) -> dict[str, Domain]:
 
 
 # ----------------------------------------------------------------------------- validation
+
+
+def _position(text: str, key: str) -> str:
+    line, column = key_positions(text).get(key, (1, 1))
+    return f"{line}:{column}"
 
 
 def _fail(where: str, message: str) -> NoReturn:

@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import json
+import logging
 import os
 import re
 import shutil
@@ -396,6 +397,10 @@ class _Search:
     searcher: Any
     num_samples: int
     description: str
+    trials: int = 0  # how many this Tuner runs (a grid: every point; a search: num_samples)
+
+    def __post_init__(self) -> None:
+        self.trials = self.trials or self.num_samples
 
 
 def _searches(study: Study, options: StudyOptions, name: str, local: Path | None = None,
@@ -406,7 +411,7 @@ def _searches(study: Study, options: StudyOptions, name: str, local: Path | None
     if study.kind == "variants" or options.grid:
         params = _trial_params(study)
         return [_Search("grid", {"trial": _grid_search(params)}, None, 1,
-                        f"study {name}: {len(params)} trials ({study.kind})")]
+                        f"study {name}: {len(params)} trials ({study.kind})", len(params))]
     n = study.num_samples if options.num_samples is None else options.num_samples
     searches = []
     for dataset in study.datasets:
@@ -495,7 +500,10 @@ def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, 
     """One Tuner (restored when resuming and its state exists), run to the end."""
     from ray import tune
 
+    from hivg.orchestration.trial_progress import TrialProgress
+
     keep_keys_out_of_ray_logs()
+    logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)  # "Wrote the latest version..."
     log(f"{search.description}, up to {concurrent} at once")
     path = f"{tune_dir}/{search.run_name}"
     if resume and tune.Tuner.can_restore(path):
@@ -509,7 +517,9 @@ def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, 
             max_concurrent_trials=concurrent, trial_dirname_creator=lambda t: t.trial_id,
             reuse_actors=reuse_actors),
         run_config=tune.RunConfig(name=search.run_name, storage_path=tune_dir,
-                                  failure_config=tune.FailureConfig(max_failures=1)),
+                                  failure_config=tune.FailureConfig(max_failures=1),
+                                  verbose=0,  # Tune's 30 s status tables: TrialProgress instead
+                                  callbacks=[TrialProgress(search.trials, study.metric)]),
     ).fit()
 
 
