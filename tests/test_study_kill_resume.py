@@ -3,7 +3,9 @@ at another path): real moto_server S3, a real local Ray (the pipeline's own), sq
 
 Finished trials are not trained again, the trial that was mid-epoch continues from its last
 epoch checkpoint, MLflow ends with one parent and one child per trial (none RUNNING, the
-resume tagged on the parent), and the secret key is found nowhere in what was written."""
+resume tagged on the parent), and the secret key is found nowhere in what was written. The
+same for a TPE search with ASHA: the searcher goes on from its history (the trials it had
+sampled keep their values; no extra trial), the scheduler from its state."""
 from __future__ import annotations
 
 import json
@@ -173,3 +175,132 @@ def test_a_driver_killed_mid_study_resumes_from_another_machine(s3, mlflow_serve
             if path.is_file() and not path.is_symlink() and path != study:
                 data = path.read_bytes()
                 assert not any(s in data for s in secrets), path
+
+
+SPACE_STUDY = """name: krs
+base: tiny
+datasets: [synthetic]
+seeds: [13]
+num_samples: 3
+resources: {{workers: 0, cpus_per_worker: 1}}
+scheduler: {{type: asha, grace_period: 1, reduction_factor: 3}}
+overrides:
+  data.max_train_samples: 32
+  data.max_eval_samples: 20
+  data.num_workers: 0
+  model.weights: random
+  hilora.stages.stage0.epochs: {epochs}
+  hilora.stages.stage0.batch_size: 8
+  hilora.stages.stage1.epochs: 0
+  hilora.stages.stage2.epochs: 0
+space:
+  optim.weight_decay: {{uniform: [0.0, 0.1]}}
+"""
+
+
+def sampled(s3, trials: str, names) -> dict[str, float]:
+    """The weight decay each trial was started with (its config.yaml in the bucket)."""
+    import yaml
+
+    return {t: yaml.safe_load(s3.read(f"{trials}{t}/config.yaml"))["optim"]["weight_decay"]
+            for t in names}
+
+
+@pytest.mark.slow
+def test_a_driver_killed_mid_search_resumes_with_its_searchers_history(s3, synthetic_storage,
+                                                                       tmp_path, request):
+    import mlflow
+
+    from hivg.orchestration.search_space import load_study
+    from hivg.orchestration.tune import StudyOptions, _optuna, restore_searcher
+
+    study = tmp_path / "krs.yaml"
+    study.write_text(SPACE_STUDY.format(epochs=EPOCHS))
+    storage = f"s3://{s3.bucket}/studies"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shutil.copytree(synthetic_storage / "data",
+                    tmp_path / "machine-1" / s3.bucket / "studies" / "data")
+    trials = "studies/krs/trials/"
+    ray_dirs: list[Path] = []
+    request.addfinalizer(lambda: [shutil.rmtree(d, ignore_errors=True) for d in ray_dirs])
+
+    def start(mirror: str, *flags: str) -> tuple[subprocess.Popen, Path, Path]:
+        ray_tmp = Path(tempfile.mkdtemp(prefix="hivg-krs-", dir="/tmp"))
+        ray_dirs.append(ray_tmp)
+        out = tmp_path / f"{mirror}.out"
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "pipelines" / "sweep.py"), str(study), "--storage",
+             storage, "--mlflow-uri", uri, "--max-concurrent", "1", *flags],
+            stdout=open(out, "w"), stderr=subprocess.STDOUT, cwd=tmp_path,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_tmp),
+                 "HIVG_MIRROR_DIR": str(tmp_path / mirror)})
+        return process, ray_tmp, out
+
+    first, ray_tmp, out1 = start("machine-1")
+    try:
+        deadline = time.time() + 400
+        while True:  # one trial finished, the next past its first epoch
+            finished, epochs = trial_state(s3, trials)
+            if len(finished) >= 1 and any(1 <= n < EPOCHS for n in epochs.values()):
+                break
+            assert first.poll() is None, out1.read_text()[-3000:]
+            assert time.time() < deadline, "the search did not get far enough"
+            time.sleep(0.2)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        kill_processes_naming(ray_tmp)
+    finished, epochs = trial_state(s3, trials)
+    (interrupted, at_epoch), = ((t, n) for t, n in epochs.items() if n < EPOCHS)
+    before = sampled(s3, trials, [*finished, interrupted])
+    summaries = {t: s3.read(f"{trials}{t}/summary.json") for t in finished}
+
+    second, ray_tmp2, out2 = start("machine-2", "--resume")
+    try:
+        second.wait(400)
+    finally:
+        if second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+        kill_processes_naming(ray_tmp2)
+    out = out2.read_text()
+    assert second.returncode == 0, out[-3000:]
+
+    # The trials sampled before the kill kept their values; one more was sampled, no more.
+    names = sorted({k.split("/")[-2] for k in s3.keys(trials) if k.endswith("/config.yaml")})
+    assert len(names) == 3, names
+    after = sampled(s3, trials, names)
+    assert {t: after[t] for t in before} == before
+    for t, summary in summaries.items():  # finished: not trained again
+        assert s3.read(f"{trials}{t}/summary.json") == summary, t
+        assert f"resuming {t} " not in out
+    resumed = re.findall(rf"resuming {re.escape(interrupted)} at stage0 after epoch (\d+)", out)
+    assert resumed and int(resumed[0]) >= at_epoch, out[-3000:]
+    trained = trained_epochs(s3.read(f"{trials}{interrupted}/metrics.jsonl").decode())
+    assert len(trained) == len(set(trained)) and trained[:at_epoch] == list(
+        range(1, at_epoch + 1))  # none trained twice (ASHA may stop it before the end)
+
+    # The searcher's saved history: the three trials, the first ones with their values.
+    run = "search-synthetic"
+    local = tmp_path / "searcher"
+    for key in s3.keys(f"studies/krs/tune/{run}/"):
+        if "/" not in key.removeprefix(f"studies/krs/tune/{run}/"):
+            path = local / "krs" / "tune" / run / key.rsplit("/", 1)[1]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(s3.read(key))
+    searcher = _optuna(load_study(study), "synthetic", StudyOptions())
+    assert restore_searcher(searcher, local, None, "krs", run) == 3
+    history = sorted(t.params["optim.weight_decay"] for t in searcher._ot_study.trials)
+    assert sorted(after.values()) == pytest.approx(history)
+
+    # MLflow: one parent, one child per trial, none left RUNNING, the resume on the parent.
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("krs").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) - len(children) == 1 and len(children) == 3, \
+        [r.info.run_name for r in runs]
+    assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+    assert any(r.data.tags.get("hivg.resumed") == "1" for r in runs
+               if "mlflow.parentRunId" not in r.data.tags)

@@ -3,6 +3,7 @@ with Optuna TPE + ASHA, deterministic run identity, only validation metrics reac
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,8 @@ def runs_of(uri: str, experiment: str):
 
 
 @pytest.mark.slow
-def test_variant_study_runs_every_trial_once_into_mlflow(local_ray, synthetic_storage, tmp_path):
+def test_variant_study_runs_every_trial_once_into_mlflow(local_ray, synthetic_storage, tmp_path,
+                                                        capfd):
     path = write_study(tmp_path, synthetic_storage / "data", """
 seeds: [13]
 resources: {workers: 1, cpus_per_worker: 1}
@@ -65,6 +67,14 @@ variants:
     table = run_study(study, storage, options, log=lambda _m: None)
     assert [(r["variant"], r["dataset"], r["seeds"]) for r in table["rows"]] == \
         [("baseline", "synthetic", 1), ("no-bridge", "synthetic", 1)]
+    # The console: one line per finished trial, not Tune's periodic status tables.
+    shown = capfd.readouterr().out
+    ended = re.findall(r"^trial (\d)/2 done: (\S+)  val/acc50 [0-9.]+  \d+ s$", shown, re.M)
+    assert sorted(ended) == [("1", "baseline/synthetic/seed13"),
+                             ("2", "no-bridge/synthetic/seed13")] or \
+        sorted(ended) == [("1", "no-bridge/synthetic/seed13"),
+                          ("2", "baseline/synthetic/seed13")], shown[-2000:]
+    assert "Trial status:" not in shown
     assert all(0 <= r["test/acc50"] <= 1 for r in table["rows"])
 
     # Only validation metrics reached Tune; the test split stayed in the run folders.

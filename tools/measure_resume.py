@@ -113,7 +113,9 @@ def counting_proxy(target_port: int, counter: Counter) -> ThreadingHTTPServer:
             for k, v in response.getheaders():
                 if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                     self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
+            # HEAD answers carry the object's size, not a body's: passed on as they came
+            size = response.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", size or str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
