@@ -269,3 +269,32 @@ def test_report_reads_a_study_on_s3_and_pushes_its_report(s3, tmp_path):
                        plots=False)
     assert out == s3.mirror / s3.bucket / "studies" / "abl" / "report"
     assert "studies/abl/report/report.md" in s3.keys("studies/abl/report/")
+
+
+def test_a_push_copies_bytes_the_bucket_already_holds_instead_of_sending_them(s3):
+    """best.pt is the last stage's best, byte for byte: copied within the bucket."""
+    from hivg.orchestration.remote_storage import RemoteStorage, RunFolderSync
+
+    sync = RunFolderSync(RemoteStorage(f"s3://{s3.bucket}/runs"), "r1")
+    sent: list[str] = []
+    upload = sync.storage.upload
+    sync.storage.upload = lambda local, rel: (sent.append(rel), upload(local, rel))[1]
+    weights = os.urandom(1 << 20)
+    files = {"checkpoints/stage0_best.pt": weights, "checkpoints/best.pt": weights,
+             "checkpoints/last.pt": os.urandom(1 << 20), "metrics.jsonl": b"{}\n"}
+    for rel, data in files.items():
+        (sync.local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (sync.local / rel).write_bytes(data)
+    assert sync.push() == 4
+    assert len([r for r in sent if r.endswith("best.pt")]) == 1, sent  # the twin was copied
+    for rel, data in files.items():
+        assert s3.read(f"runs/r1/{rel}") == data, rel
+
+    # An epoch later the stage's best is the new last.pt's twin; best.pt changed on its own.
+    sent.clear()
+    (sync.local / "checkpoints/stage0_best.pt").write_bytes(files["checkpoints/last.pt"])
+    (sync.local / "checkpoints/best.pt").write_bytes(b"other")
+    assert sync.push() == 2
+    assert sent == ["r1/checkpoints/best.pt"], sent
+    assert s3.read("runs/r1/checkpoints/stage0_best.pt") == files["checkpoints/last.pt"]
+    assert s3.read("runs/r1/checkpoints/best.pt") == b"other"

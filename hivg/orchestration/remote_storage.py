@@ -284,6 +284,10 @@ class RemoteStorage:
         with self.fs.open_output_stream(self.key(rel)) as f:
             f.write(data)
 
+    def copy(self, rel: str, to: str) -> None:
+        """One file, within the bucket, server-side (S3 CopyObject: no bytes sent)."""
+        self._retrying(f"copying {rel}", lambda: self.fs.copy_file(self.key(rel), self.key(to)))
+
     def move(self, rel: str, to: str) -> None:
         """One file, within the bucket (S3: a copy, then a delete)."""
         self._retrying(f"moving {rel}", lambda: self.fs.move(self.key(rel), self.key(to)))
@@ -352,8 +356,18 @@ class RunFolderSync:
         if not changed:
             return 0
         changed.sort(key=lambda rel: PUSH_LAST.index(rel) + 1 if rel in PUSH_LAST else 0)
+        # A file whose bytes the bucket already holds in this folder (best.pt is the last
+        # stage's best; a stage's best is often the epoch's checkpoint) is copied there,
+        # server-side, instead of sent again.
+        held = {info["sha256"]: rel for rel, info in self._remote.items()
+                if files.get(rel) == info}
         for rel in changed:
-            self.storage.upload(self.local / rel, f"{self.name}/{rel}")
+            twin = held.get(files[rel]["sha256"])
+            if twin is not None:
+                self.storage.copy(f"{self.name}/{twin}", f"{self.name}/{rel}")
+            else:
+                self.storage.upload(self.local / rel, f"{self.name}/{rel}")
+            held.setdefault(files[rel]["sha256"], rel)
         manifest = {"origin": self._origin(), "files": {**self._remote, **files}}
         self.storage.write_bytes(f"{self.name}/{SYNC_MANIFEST}",
                                  json.dumps(manifest, indent=1, sort_keys=True).encode())

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, TBXLoggerCallback
 
 
 class TrialProgress(Callback):
@@ -32,3 +33,26 @@ class TrialProgress(Callback):
         wall = result.get("time_total_s")
         took = f"  {wall:.0f} s" if isinstance(wall, (int, float)) else ""
         print(f"trial {ended}/{max(self.total, ended)} {how}: {key}{shown}{took}", flush=True)
+
+
+class _Skipped:
+    """A Tune logger that writes nothing: given in place of Tune's default one, Tune adds
+    no default of its own."""
+
+    def log_trial_start(self, trial: Any) -> None:
+        pass
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        pass
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        pass
+
+
+class NoTensorBoard(_Skipped, TBXLoggerCallback):
+    """No TensorBoard event files per trial: MLflow holds the curves. They were an fsync per
+    result in the driver (13,000 fsyncs, 8.5 s, in a 1,000-trial study)."""
+
+
+class NoCSV(_Skipped, CSVLoggerCallback):
+    """No progress.csv per trial: result.json (Tune's JSON logger, kept) has the same rows."""

@@ -436,9 +436,11 @@ def _searches(study: Study, options: StudyOptions, name: str, local: Path | None
 
 
 def _optuna(study: Study, dataset: str, options: StudyOptions):
+    import optuna
     from optuna.samplers import TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory"
     return OptunaSearch(space=_DefineByRun(study, dataset), metric=study.metric,
                         mode=study.mode, sampler=TPESampler(seed=options.search_seed))
 
@@ -500,7 +502,7 @@ def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, 
     """One Tuner (restored when resuming and its state exists), run to the end."""
     from ray import tune
 
-    from hivg.orchestration.trial_progress import TrialProgress
+    from hivg.orchestration.trial_progress import NoCSV, NoTensorBoard, TrialProgress
 
     keep_keys_out_of_ray_logs()
     logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)  # "Wrote the latest version..."
@@ -519,7 +521,8 @@ def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, 
         run_config=tune.RunConfig(name=search.run_name, storage_path=tune_dir,
                                   failure_config=tune.FailureConfig(max_failures=1),
                                   verbose=0,  # Tune's 30 s status tables: TrialProgress instead
-                                  callbacks=[TrialProgress(search.trials, study.metric)]),
+                                  callbacks=[TrialProgress(search.trials, study.metric),
+                                             NoTensorBoard(), NoCSV()]),
     ).fit()
 
 
