@@ -286,8 +286,9 @@ def test_a_driver_killed_mid_search_resumes_with_its_searchers_history(s3, synth
     run = "search-synthetic"
     local = tmp_path / "searcher"
     for key in s3.keys(f"studies/krs/tune/{run}/"):
-        if "/" not in key.removeprefix(f"studies/krs/tune/{run}/"):
-            path = local / "krs" / "tune" / run / key.rsplit("/", 1)[1]
+        name = key.removeprefix(f"studies/krs/tune/{run}/")
+        if name and "/" not in name:  # the run's own files (not its folder marker or trials)
+            path = local / "krs" / "tune" / run / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(s3.read(key))
     searcher = _optuna(load_study(study), "synthetic", StudyOptions())
