@@ -184,3 +184,25 @@ variants:
                           study.metric: 0.7, "epochs_trained": 3})
     assert finished_result(folder, study) == {study.metric: 0.75, "global_epoch": 3,
                                               "reused": 1}
+
+
+def test_a_trial_killed_for_memory_stops_the_study_with_one_line():
+    """Ray's memory monitor cannot be made to kill a trial on demand here: the Tuner whose
+    fit raises what Tune 2.60 raises then stands in for it."""
+    from hivg.errors import UserError
+    from hivg.orchestration.tune import fit_tuner
+
+    class KilledForMemory:
+        def fit(self):
+            raise RuntimeError("Caught unexpected exception: 2 worker(s) were killed due to "
+                               "the node running low on memory.\nMemory on the node ...")
+
+    with pytest.raises(UserError, match=r"^study stopped: .* low on memory; .* --resume"):
+        fit_tuner(KilledForMemory())
+
+    class Broken:
+        def fit(self):
+            raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):  # not swallowed
+        fit_tuner(Broken())

@@ -509,8 +509,8 @@ def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, 
     log(f"{search.description}, up to {concurrent} at once")
     path = f"{tune_dir}/{search.run_name}"
     if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable, resume_errored=True).fit()
-    return tune.Tuner(
+        return fit_tuner(tune.Tuner.restore(path, trainable, resume_errored=True))
+    return fit_tuner(tune.Tuner(
         trainable,
         param_space=search.param_space,
         tune_config=tune.TuneConfig(
@@ -523,7 +523,21 @@ def _tune(trainable, search: _Search, study: Study, scheduler, concurrent: int, 
                                   verbose=0,  # Tune's 30 s status tables: TrialProgress instead
                                   callbacks=[TrialProgress(search.trials, study.metric),
                                              NoTensorBoard(), NoCSV()]),
-    ).fit()
+    ))
+
+
+def fit_tuner(tuner):
+    """tuner.fit(); a trial process killed by Ray's memory monitor is one line, not Tune's
+    traceback (Tune 2.60 ends the whole run on it: its actor manager expects only actor or
+    task errors). The study's state is saved: --resume goes on."""
+    try:
+        return tuner.fit()
+    except RuntimeError as e:
+        if "running low on memory" not in str(e):
+            raise
+        raise UserError("study stopped: Ray killed trial processes because the node ran low on "
+                        "memory; finished trials are kept: run it again with --resume and a "
+                        "lower --max-concurrent") from None
 
 
 AWS_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
