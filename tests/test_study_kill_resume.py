@@ -27,12 +27,8 @@ pytest_plugins = ["s3_server"]  # the s3 and s3_server fixtures
 from mlflow_server import running_mlflow_server  # noqa: E402
 from tools.processes import kill_processes_naming  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
-STUDY = """name: kr
-base: tiny
-datasets: [synthetic]
-seeds: [13]
-resources: {{workers: 0, cpus_per_worker: 1}}
-overrides:
+# Short trials (tiny model, a few samples, stage 0 only): both studies below share them.
+SHORT_TRIALS = """overrides:
   data.max_train_samples: 32
   data.max_eval_samples: 20
   data.num_workers: 0
@@ -41,7 +37,13 @@ overrides:
   hilora.stages.stage0.batch_size: 8
   hilora.stages.stage1.epochs: 0
   hilora.stages.stage2.epochs: 0
-variants:
+"""
+STUDY = """name: kr
+base: tiny
+datasets: [synthetic]
+seeds: [13]
+resources: {{workers: 0, cpus_per_worker: 1}}
+""" + SHORT_TRIALS + """variants:
   baseline: {{}}
   no-bridge: {{model.bridge.enabled: false}}
 """
@@ -184,16 +186,7 @@ seeds: [13]
 num_samples: 3
 resources: {{workers: 0, cpus_per_worker: 1}}
 scheduler: {{type: asha, grace_period: 1, reduction_factor: 3}}
-overrides:
-  data.max_train_samples: 32
-  data.max_eval_samples: 20
-  data.num_workers: 0
-  model.weights: random
-  hilora.stages.stage0.epochs: {epochs}
-  hilora.stages.stage0.batch_size: 8
-  hilora.stages.stage1.epochs: 0
-  hilora.stages.stage2.epochs: 0
-space:
+""" + SHORT_TRIALS + """space:
   optim.weight_decay: {{uniform: [0.0, 0.1]}}
 """
 
