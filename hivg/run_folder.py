@@ -249,6 +249,22 @@ def identity_tree(config: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config tree as MLflow params: dotted keys to values; a list of mappings by each
+    one's `name` (hilora.stages.stage1.rank), else by position."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, item in enumerate(v):
+                out.update(flatten(item, f"{key}.{item.get('name', i)}."))
+        else:
+            out[key] = v
+    return out
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted keys to leaf values; a list of named mappings (hilora.stages) by name, as the
     config's own key grammar spells them."""

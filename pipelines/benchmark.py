@@ -73,7 +73,8 @@ def parse_args():
                    help="study file with a space: (search efficiency)")
     p.add_argument("--storage", default=SEARCH_STORAGE,
                    help="storage for the search-efficiency studies (default) or the "
-                        "profile-accuracy runs (default runs/profile-accuracy)")
+                        "profile-accuracy runs (default runs/profile-accuracy), or the "
+                        "orchestration-scale runs (default: a new temporary folder)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="TPE searcher seeds (search efficiency)")
     p.add_argument("--num-samples", type=int, default=None,
@@ -136,7 +137,8 @@ def main() -> int:
                 raise UserError(f"{flag}: expected a positive number, got {value}")
         run_orchestration_scale(args.trials, args.max_concurrent, args.results_per_trial,
                                 args.out if args.out != DEFAULT_OUT
-                                else "orchestration-scale.json")
+                                else "orchestration-scale.json",
+                                storage=args.storage if args.storage != SEARCH_STORAGE else None)
     if args.trial_overhead:
         from hivg.bench.trial_overhead import run_trial_overhead
 

@@ -72,6 +72,18 @@ def test_analysis_needs_no_ray_mlflow_orchestration_or_torch():
             if p.stem != "__init__"} <= set(imported)
 
 
+# A study's driver and its trial processes (the path of a trial up to `fit`) load no torch:
+# 1,000 no-op trials 32 at a time fit in memory (each trial process ~0.3 GB, not ~1 GB).
+TRIAL_PATH = ("hivg.orchestration.tune", "hivg.orchestration.run",
+              "hivg.orchestration.remote_stage_cache", "hivg.tracking", "hivg.train.hooks",
+              "hivg.train.metrics", "hivg.train.stage_cache", "hivg.bench.orchestration_scale")
+
+
+def test_a_study_driver_and_its_trial_path_import_no_torch():
+    imported = import_all(TRIAL_PATH, ("torch", "torchvision", "open_clip"))
+    assert set(TRIAL_PATH) <= set(imported)
+
+
 @pytest.mark.parametrize("blocked", ["hivg.orchestration", "hivg.tracking"])
 def test_the_check_fails_on_an_upward_import(tmp_path, blocked):
     """The script reports a module that imports a blocked layer (so the tests above can

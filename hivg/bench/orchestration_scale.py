@@ -36,6 +36,7 @@ datasets: [synthetic]
 metric: val/acc50
 mode: max
 seeds: [13]
+overrides: {{device: cpu}}   # a no-op trial has no use for a GPU (nor for torch)
 num_samples: {trials}
 resources: {{workers: 0, cpus_per_worker: 1, gpus_per_worker: 0}}
 scheduler: {{type: asha, grace_period: 1, reduction_factor: 3, max_t: {results}}}
@@ -49,15 +50,14 @@ def noop_fit(config, run_dir, *, hooks, tracker, resume, show_progress, log, sta
     """`fit`'s contract without training: the config logged as params, `results` epochs
     recorded (metrics.jsonl, MLflow, Tune), summary.json written. The MLflow time on the
     trial's path is kept in the summary (bench.*) for the benchmark to read."""
-    from hivg.run_folder import RunFolder, acc50
-    from hivg.train.fit import flatten
+    from hivg.run_folder import RunFolder, acc50, flatten, identity_tree
     from hivg.train.metrics import MetricsLog
 
     started = time.time()
     folder = RunFolder(Path(run_dir))
     metrics = MetricsLog(folder.metrics_path)
     t = time.perf_counter()
-    tracker.log_params(flatten(config.to_dict()))
+    tracker.log_params(flatten(identity_tree(config.to_dict())))  # as fit logs them
     params_s = time.perf_counter() - t
     metrics_s = 0.0
     for epoch in range(1, results + 1):
@@ -212,10 +212,11 @@ def run_bare_tune(storage: Path, trials: int, concurrent: int, results: int) -> 
 
 
 def run_orchestration_scale(trials: int, concurrent: int, results: int, out: str,
-                            profile_top: int = 25) -> dict[str, Any]:
+                            profile_top: int = 25, storage: str | None = None) -> dict[str, Any]:
+    """`storage`: where both paths' runs go (default: a new temporary folder)."""
     import ray
 
-    storage = Path(tempfile.mkdtemp(prefix="hivg-scale-"))
+    storage = Path(storage).resolve() if storage else Path(tempfile.mkdtemp(prefix="hivg-scale-"))
     # One logical CPU per concurrent no-op trial (and the driver): the trials do no work.
     ray.init(num_cpus=concurrent + 1, include_dashboard=False, log_to_driver=False)
     try:

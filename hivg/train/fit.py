@@ -28,7 +28,7 @@ from hivg.losses import build_criterion
 from hivg.model.build import build_model
 from hivg.model.lora import apply_stage
 from hivg.model.weights import RANDOM, WeightsSource, classify, weights_file
-from hivg.run_folder import (PLACEMENT_KEYS, REUSED, SELECTION_METRIC, RunFolder, acc50,
+from hivg.run_folder import (PLACEMENT_KEYS, REUSED, SELECTION_METRIC, RunFolder, acc50, flatten,
                               identity_tree)
 from hivg.train.energy import EnergyMeter
 from hivg.train.energy import device_indices as energy_device_indices
@@ -51,20 +51,6 @@ def amp_dtype_for(precision: str, device: torch.device,
     """The autocast dtype (None = fp32) for `precision` under `profile` (hivg.train.profile)."""
     name = autocast_dtype(precision, profile, device.type)
     return None if name is None else getattr(torch, name)
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            for i, item in enumerate(v):
-                out.update(flatten(item, f"{key}.{item.get('name', i)}."))
-        else:
-            out[key] = v
-    return out
 
 
 def check_data(config: Config) -> list[str]:

@@ -7,10 +7,11 @@ The training loop never imports Ray or MLflow. Ray Train supplies its own `Train
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
-import torch
-from torch.utils.data import Dataset, Sampler
+if TYPE_CHECKING:  # torch is imported where it is used: a study's driver and its trial
+    import torch   # processes import this module without loading torch
+    from torch.utils.data import Dataset, Sampler
 
 
 class Tracker(Protocol):
@@ -42,8 +43,9 @@ class NullTracker:
         pass
 
 
-class _EpochShuffleSampler(Sampler[int]):
-    """A shuffled order that depends on (seed, epoch) only, never on the process."""
+class _EpochShuffleSampler:
+    """A shuffled order that depends on (seed, epoch) only, never on the process (a
+    DataLoader sampler: iterable, sized)."""
 
     def __init__(self, size: int, seed: int) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
@@ -52,6 +54,8 @@ class _EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
+        import torch
+
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(self.size, generator=g).tolist())
 
@@ -70,6 +74,8 @@ class TrainHooks:
         return self.rank == 0
 
     def device(self, requested: str) -> torch.device:
+        import torch
+
         if requested == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(requested)

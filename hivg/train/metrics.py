@@ -11,11 +11,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-
-from hivg.ops.boxes import elementwise_iou
 
 
 class MetricsLog:
@@ -58,6 +53,10 @@ def localisation(pred_boxes: np.ndarray, gt_boxes: np.ndarray) -> dict[str, floa
     predictions whose centre lies inside the target's box (the right object was chosen);
     `acc50_if_located`: acc50 among those. A low first and a high second say choosing the
     object is the limit, not drawing its box."""
+    import torch
+
+    from hivg.ops.boxes import elementwise_iou
+
     pred, gt = np.asarray(pred_boxes, dtype=float), np.asarray(gt_boxes, dtype=float)
     cx, cy = (pred[:, 0] + pred[:, 2]) / 2, (pred[:, 1] + pred[:, 3]) / 2
     located = (cx >= gt[:, 0]) & (cx <= gt[:, 2]) & (cy >= gt[:, 1]) & (cy <= gt[:, 3])
@@ -68,6 +67,9 @@ def localisation(pred_boxes: np.ndarray, gt_boxes: np.ndarray) -> dict[str, floa
 
 def write_predictions(path: Path, result, rows: dict[str, list]) -> None:
     """predictions/SPLIT.parquet: one row per expression with its box, IoU and hit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path.parent.mkdir(parents=True, exist_ok=True)
     pick = lambda col: [rows[col][i] for i in result.indices]  # noqa: E731
     pq.write_table(pa.table({
