@@ -6,6 +6,8 @@ what is measured and how).
     python pipelines/benchmark.py --orchestration-overhead   # plain local run vs Ray Train
     python pipelines/benchmark.py --training-step            # tiny on CPU, hivg-b16 on CUDA
     python pipelines/benchmark.py --training-step --preset hivg-b16 --batch 64 --out b16.json
+    python pipelines/benchmark.py --training-step --compile-step   # + the last stage compiled
+    python pipelines/benchmark.py --step-breakdown           # hivg-l14's last stage by profiler
     python pipelines/benchmark.py --profile-accuracy         # fast vs reference, test acc50
     python pipelines/benchmark.py --search-efficiency        # grid vs TPE + ASHA, 3 seeds
     python pipelines/benchmark.py --search-efficiency --space search_spaces/x.yaml --seeds 0 1 2
@@ -33,6 +35,9 @@ def parse_args():
                       help="per-epoch time and start-up: local run vs one Ray Train worker")
     mode.add_argument("--training-step", action="store_true",
                       help="training step at stage 0 and the last stage, reference vs fast")
+    mode.add_argument("--step-breakdown", action="store_true",
+                      help="one training step's time by part (attention, adapters, bridge, "
+                           "optimizer, launches) from torch's profiler")
     mode.add_argument("--profile-accuracy", action="store_true",
                       help="the tiny model trained under reference and fast, same seed: test acc50")
     mode.add_argument("--search-efficiency", action="store_true",
@@ -54,7 +59,8 @@ def parse_args():
     p.add_argument("--results-per-trial", type=int, default=10,
                    help="orchestration scale: results each no-op trial reports")
     p.add_argument("--preset", choices=preset_names(), default=None,
-                   help="training-step model (default: hivg-b16 on CUDA, tiny on CPU)")
+                   help="training-step model (default: hivg-b16 on CUDA, tiny on CPU; step "
+                        "breakdown: hivg-l14 on CUDA)")
     p.add_argument("--batch", type=int, default=None,
                    help="training-step batch (default: 64 on CUDA, 8 on CPU)")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per row")
@@ -66,6 +72,13 @@ def parse_args():
     p.add_argument("--compile", action="store_true",
                    help="training-step run: torch.compile the model for the inference rows "
                         "(mode reduce-overhead, i.e. CUDA graphs, on a GPU)")
+    p.add_argument("--compile-step", nargs="?", const="inductor", default=None,
+                   metavar="BACKEND",
+                   help="training-step run: also time the last stage and the bare towers under "
+                        "fast with the forward and loss compiled (default backend inductor, "
+                        "CUDA graphs on a GPU; aot_eager checks the path without code generation)")
+    p.add_argument("--stage", type=int, default=None,
+                   help="step breakdown: HiLoRA stage index (default: the last)")
     p.add_argument("--inference-only", action="store_true",
                    help="training-step run: only the inference rows (e.g. a second, --compile "
                         "pass without re-timing the training steps)")
@@ -107,7 +120,12 @@ def main() -> int:
 
         run_training_step(args.preset, args.batch, args.steps, args.warmup, args.out,
                           args.inference_batch, args.pipeline_images, args.compile,
-                          args.inference_only)
+                          args.inference_only, args.compile_step)
+    if args.step_breakdown:
+        from hivg.bench.step_breakdown import run_step_breakdown
+
+        run_step_breakdown(args.preset, args.stage, args.batch, args.steps, args.warmup,
+                           args.out if args.out != DEFAULT_OUT else "step-breakdown.json")
     if args.model_stats:
         from hivg.bench.model_stats import run_model_stats
 
@@ -155,6 +173,18 @@ def check_args(args) -> None:
                  "epochs", "threads", "train_samples", "eval_samples"):
         check_count("--" + flag.replace("_", "-"), getattr(args, flag), 1)
     check_count("--warmup", args.warmup, 0)
+    check_count("--stage", args.stage, 0)
+    if args.compile_step is not None:
+        if not args.training_step or args.inference_only:
+            raise UserError("--compile-step: times training steps; use it with --training-step "
+                            "(without --inference-only)")
+        from torch._dynamo import list_backends
+
+        known = list_backends(exclude_tags=())
+        if args.compile_step not in known:
+            raise UserError(f"--compile-step: unknown torch.compile backend "
+                            f"{args.compile_step!r} (expected one of torch._dynamo's, e.g. "
+                            f"inductor, aot_eager or cudagraphs)")
     check_address(args.address)
     if args.orchestration_overhead or args.search_efficiency:
         require_module("ray", "cluster", "this benchmark (Ray)")

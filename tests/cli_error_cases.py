@@ -141,6 +141,15 @@ CASES = [
          "unrecognized arguments: --bogus (see train.py --help)"),
     Case("report-no-study", ("report.py",),
          "the following arguments are required: study (see report.py --help)"),
+    # benchmarks
+    Case("benchmark-compile-backend", ("benchmark.py", "--training-step", "--compile-step",
+                                       "inductr"),
+         "--compile-step: unknown torch.compile backend 'inductr'"),
+    Case("benchmark-compile-without-steps", ("benchmark.py", "--model-stats", "--compile-step"),
+         "--compile-step: times training steps; use it with --training-step"),
+    Case("benchmark-stage-range", ("benchmark.py", "--step-breakdown", "--preset", "tiny",
+                                   "--stage", "3"),
+         "--stage: expected 0 to 2 for tiny, got 3"),
 ]
 
 

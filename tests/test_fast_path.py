@@ -159,7 +159,7 @@ def test_training_step_benchmark_smoke(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "benchmark.py"), "--training-step",
          "--steps", "1", "--warmup", "0", "--batch", "2", "--inference-batch", "2",
-         "--pipeline-images", "40", "--out", str(out)],
+         "--pipeline-images", "40", "--compile-step", "aot_eager", "--out", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
@@ -167,7 +167,18 @@ def test_training_step_benchmark_smoke(tmp_path):
     stages = load_preset("tiny").hilora.stages
     assert {(r["profile"], r["stage"]) for r in rows} == {
         (p, s) for p in ("reference", "fast")
-        for s in (stages[0].name, stages[-1].name, "bare backbone (frozen)")}
+        for s in (stages[0].name, stages[-1].name, "bare backbone (frozen)")} | {
+        ("fast+compiled", stages[-1].name), ("fast+compiled", "bare backbone (frozen)")}
+    compiled = [r for r in rows if r["profile"] == "fast+compiled"]
+    assert all(r["settings"]["compiled"] == "aot_eager" for r in compiled)
+    assert all(r["settings"]["compiled"] is None for r in rows if r not in compiled)
+    # the compiled rows count the same step's FLOPs (on the eager step; plus folding the
+    # frozen adapters, which a compiled step does in-graph every step: under 1% here)
+    by_row = {(r["profile"], r["stage"]): r for r in rows}
+    for stage in (stages[-1].name, "bare backbone (frozen)"):
+        assert by_row[("fast+compiled", stage)]["gflop_per_step"] == pytest.approx(
+            by_row[("fast", stage)]["gflop_per_step"], rel=0.01)
+    assert "compiled last stage:" in proc.stdout and "target 3.5x" in proc.stdout
     for r in rows:
         assert r["images_per_s"] > 0 and r["step_ms"] > 0 and r["peak_memory_mb"] > 0
         assert r["tflops"] > 0 and r["mfu"] is None

@@ -10,6 +10,7 @@ only, MFU against a bf16 matmul peak measured in the same run. A table last, JSO
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import statistics
@@ -30,19 +31,36 @@ from hivg.train.profile import apply_profile, resolve_profile
 PROFILES = ("reference", "fast")
 
 
-def _settings(prof, find_unused: bool) -> dict[str, Any]:
+def _settings(prof, find_unused: bool, compiled: str | None = None) -> dict[str, Any]:
     return {"amp_dtype": prof.amp_dtype or "fp32", "attention": prof.attention,
             "fused_adamw": prof.fused_adamw, "tf32": prof.tf32, "pin_memory": prof.pin_memory,
-            "find_unused": find_unused}
+            "find_unused": find_unused, "compiled": compiled}
 
 
-def _row(step, batch: int, steps: int, warmup: int, device, peak_tflops: float | None
-         ) -> dict[str, Any]:
-    """Time `step` and count its FLOPs: the measured part of a row."""
+def compile_mode(device, backend: str) -> str | None:
+    """CUDA graphs (`reduce-overhead`) for inductor on a GPU: the last HiLoRA stage's step is
+    launch-bound there (docs/results.md#on-a-gpu); other backends take no mode."""
+    return "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+
+
+def compiled_forward(fn, device, backend: str):
+    """`fn` (forward + loss) under torch.compile; backward runs the compiled backward graph
+    and the optimizer stays eager (fused AdamW is a few launches on a GPU)."""
+    if device.type == "cpu":  # "No CUDA runtime is found" on every CPU compile
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    mode = compile_mode(device, backend)
+    return torch.compile(fn, backend=backend, **({"mode": mode} if mode else {}))
+
+
+def _row(step, batch: int, steps: int, warmup: int, device, peak_tflops: float | None,
+         flops_of=None) -> dict[str, Any]:
+    """Time `step` and count its FLOPs (on `flops_of`, the same step run eagerly, when `step`
+    is compiled: the flop counter sees no ops inside a compiled graph)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    flops = count_flops(flops_of) if flops_of else None
     times = timed(step, steps, warmup, sync_for(device))
-    flops = count_flops(step)
+    flops = flops if flops_of else count_flops(step)
     step_s = statistics.median(times)
     tflops = flops / step_s / 1e12
     return {"batch": batch, "images_per_s": batch / step_s, "step_ms": step_s * 1e3,
@@ -51,9 +69,10 @@ def _row(step, batch: int, steps: int, warmup: int, device, peak_tflops: float |
 
 
 def training_step_row(config: Config, stage_index: int, profile_name: str, batch: int,
-                      steps: int, warmup: int, device, peak_tflops: float | None
-                      ) -> dict[str, Any]:
-    """One HiVG training step at `stage_index` under `profile_name`."""
+                      steps: int, warmup: int, device, peak_tflops: float | None,
+                      compile_backend: str | None = None) -> dict[str, Any]:
+    """One HiVG training step at `stage_index` under `profile_name`; with `compile_backend`
+    (inductor, or aot_eager for a quick check) the forward and loss are compiled."""
     from hivg.losses import build_criterion
     from hivg.model.build import build_model
     from hivg.model.lora import apply_stage
@@ -73,24 +92,35 @@ def training_step_row(config: Config, stage_index: int, profile_name: str, batch
     if prof.pin_memory:
         host = {k: v.pin_memory() for k, v in host.items()}
 
-    def step():
-        b = {k: v.to(device, non_blocking=prof.pin_memory) for k, v in host.items()}
+    def forward_loss(b):
         with autocast_context(device, prof.torch_amp_dtype):
             out = model(b["image"], b["pad_mask"], b["tokens"])
-            loss = criterion(out, b)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            return criterion(out, b)["loss"]
 
+    def step_with(forward):
+        def step():
+            b = {k: v.to(device, non_blocking=prof.pin_memory) for k, v in host.items()}
+            loss = forward(b)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return step
+
+    eager = step_with(forward_loss)
+    step = step_with(compiled_forward(forward_loss, device, compile_backend)
+                     ) if compile_backend else eager
     stage = cfg.hilora.stages[stage_index]
-    return {"profile": profile_name, "stage": stage.name, "stage_index": stage_index,
-            **_row(step, batch, steps, warmup, device, peak_tflops),
+    return {"profile": profile_name + ("+compiled" if compile_backend else ""),
+            "stage": stage.name, "stage_index": stage_index,
+            **_row(step, batch, steps, warmup, device, peak_tflops,
+                   flops_of=eager if compile_backend else None),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "settings": _settings(prof, prof.find_unused)}
+            "settings": _settings(prof, prof.find_unused, _compiled(device, compile_backend))}
 
 
 def backbone_step_row(config: Config, profile_name: str, batch: int, steps: int, warmup: int,
-                      device, peak_tflops: float | None) -> dict[str, Any]:
+                      device, peak_tflops: float | None, compile_backend: str | None = None
+                      ) -> dict[str, Any]:
     """One training step of the bare open_clip towers, frozen (LoRA-like: the backward pass
     runs through every activation, no weight gradients): a CLIP contrastive loss on the two
     embeddings, and AdamW on one trainable input scale so the backward has somewhere to go."""
@@ -108,29 +138,48 @@ def backbone_step_row(config: Config, profile_name: str, batch: int, steps: int,
     optimizer = torch.optim.AdamW([scale], lr=1e-4, fused=prof.fused_adamw or None)
     host = random_batch(cfg, batch, torch.Generator().manual_seed(0))
 
-    def step():
-        image = host["image"].to(device, non_blocking=prof.pin_memory)
-        tokens = host["tokens"].to(device, non_blocking=prof.pin_memory)
+    def forward_loss(image, tokens):
         with autocast_context(device, prof.torch_amp_dtype):
             img = F.normalize(bb.encode_image(clip, image * scale).float(), dim=-1)
             txt = F.normalize(bb.encode_text(clip, tokens).float(), dim=-1)
             logits = img @ txt.t() * 100
             labels = torch.arange(batch, device=device)
-            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
-    return {"profile": profile_name, "stage": "bare backbone (frozen)",
-            **_row(step, batch, steps, warmup, device, peak_tflops),
-            "settings": _settings(prof, False)}
+    def step_with(forward):
+        def step():
+            loss = forward(host["image"].to(device, non_blocking=prof.pin_memory),
+                           host["tokens"].to(device, non_blocking=prof.pin_memory))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return step
+
+    eager = step_with(forward_loss)
+    step = step_with(compiled_forward(forward_loss, device, compile_backend)
+                     ) if compile_backend else eager
+    return {"profile": profile_name + ("+compiled" if compile_backend else ""),
+            "stage": "bare backbone (frozen)",
+            **_row(step, batch, steps, warmup, device, peak_tflops,
+                   flops_of=eager if compile_backend else None),
+            "settings": _settings(prof, False, _compiled(device, compile_backend))}
+
+
+def _compiled(device, backend: str | None) -> str | None:
+    """How a row was compiled, as written in its settings: `inductor/reduce-overhead` etc."""
+    if not backend:
+        return None
+    mode = compile_mode(device, backend)
+    return backend + (f"/{mode}" if mode else "")
 
 
 def run_training_step(preset: str | None, batch: int | None, steps: int, warmup: int,
                       out: str, inference_batch: int | None = None,
                       pipeline_images: int | None = None, compile_model: bool = False,
-                      inference_only: bool = False) -> None:
-    """Every row (tiny on CPU, hivg-b16 on CUDA by default), printed as tables, JSON in `out`."""
+                      inference_only: bool = False, compile_step: str | None = None) -> None:
+    """Every row (tiny on CPU, hivg-b16 on CUDA by default), printed as tables, JSON in `out`.
+    `compile_step` (a torch.compile backend) adds the last stage and the bare towers under
+    `fast` with the forward and loss compiled (CUDA graphs on a GPU with inductor)."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     preset = preset or ("hivg-b16" if cuda else "tiny")
@@ -142,7 +191,8 @@ def run_training_step(preset: str | None, batch: int | None, steps: int, warmup:
           f"{device.type} ({card}, {torch.get_num_threads()} threads)", flush=True)
     if peak:
         print(f"measured bf16 matmul peak: {peak:.1f} TFLOP/s", flush=True)
-    rows = [] if inference_only else _training_rows(config, batch, steps, warmup, device, peak)
+    rows = [] if inference_only else _training_rows(config, batch, steps, warmup, device, peak,
+                                                    compile_step)
     inference = _timed_part("inference", lambda: inference_rows(
         config, inference_batch or (256 if cuda else 32), steps, warmup, device, peak,
         compile_model))
@@ -151,7 +201,7 @@ def run_training_step(preset: str | None, batch: int | None, steps: int, warmup:
     result = {"benchmark": "training-step", "preset": preset, "device": device.type,
               "card": card, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "batch": batch, "steps": steps, "warmup": warmup,
+              "batch": batch, "steps": steps, "warmup": warmup, "compile_step": compile_step,
               "bf16_matmul_peak_tflops": peak, "rows": rows, "inference": inference,
               "input_pipeline": pipeline,
               "notes": ("peak_memory_mb: " + ("torch.cuda.max_memory_allocated per row" if cuda
@@ -180,8 +230,9 @@ def _timed_part(what: str, make):
 
 
 def _training_rows(config: Config, batch: int, steps: int, warmup: int, device,
-                   peak: float | None) -> list[dict[str, Any]]:
-    """Stage 0 and the last stage under each profile, then the bare backbone's step."""
+                   peak: float | None, compile_step: str | None = None) -> list[dict[str, Any]]:
+    """Stage 0 and the last stage under each profile, then the bare backbone's step; with
+    `compile_step`, the last stage and the bare backbone once more, fast and compiled."""
     last = len(config.hilora.stages) - 1
     rows = []
     for k in sorted({0, last}):
@@ -191,22 +242,41 @@ def _training_rows(config: Config, batch: int, steps: int, warmup: int, device,
     for name in PROFILES:
         rows.append(_timed_part(f"{name} bare backbone", lambda: (
             backbone_step_row(config, name, batch, steps, warmup, device, peak))))
+    if compile_step:  # compiling takes minutes on a GPU: said before it starts
+        print(f"  compiling the fast step ({compile_step}) ...", flush=True)
+        rows.append(_timed_part(f"fast+compiled {config.hilora.stages[last].name}", lambda: (
+            training_step_row(config, last, "fast", batch, steps, warmup, device, peak,
+                              compile_step))))
+        rows.append(_timed_part("fast+compiled bare backbone", lambda: (
+            backbone_step_row(config, "fast", batch, steps, warmup, device, peak,
+                              compile_step))))
     return rows
 
 
 def _print_training_table(rows: list[dict]) -> None:
     by = {(r["stage"], r["profile"]): r for r in rows}
-    print(f"{'stage':<22} {'profile':<10} {'settings':<28} {'images/s':>9} {'step ms':>9} "
+    print(f"{'stage':<22} {'profile':<14} {'settings':<28} {'images/s':>9} {'step ms':>9} "
           f"{'peak MB':>9} {'TFLOP/s':>8} {'MFU':>6} {'fast/ref':>8}")
     for r in rows:
         s = r["settings"]
-        settings = f"{s['amp_dtype']},{s['attention']}{',fusedAdamW' if s['fused_adamw'] else ''}"
+        settings = (f"{s['amp_dtype']},{s['attention']}{',fusedAdamW' if s['fused_adamw'] else ''}"
+                    f"{',' + s['compiled'] if s.get('compiled') else ''}")
         ratio = r["images_per_s"] / by[(r["stage"], "reference")]["images_per_s"]
-        mfu = f"{r['mfu'] * 100:5.1f}%" if r["mfu"] is not None else "   n/a"
-        print(f"{r['stage']:<22} {r['profile']:<10} {settings:<28} {r['images_per_s']:9.1f} "
-              f"{r['step_ms']:9.1f} {r['peak_memory_mb']:9.0f} {r['tflops']:8.4f} {mfu:>6} "
-              f"{ratio:7.2f}x")
+        print(f"{r['stage']:<22} {r['profile']:<14} {settings:<28} {r['images_per_s']:9.1f} "
+              f"{r['step_ms']:9.1f} {r['peak_memory_mb']:9.0f} {r['tflops']:8.4f} "
+              f"{_mfu(r):>6} {ratio:7.2f}x")
+    compiled = [r for r in rows if r["profile"] == "fast+compiled"]
+    if len(compiled) == 2:  # the issue-22 targets, side by side from this run
+        last, bare = compiled
+        ratio = last["images_per_s"] / by[(last["stage"], "reference")]["images_per_s"]
+        print(f"compiled last stage: {ratio:.2f}x reference (target 3.5x); MFU {_mfu(last)} "
+              f"against the bare towers' {_mfu(by[(bare['stage'], 'fast')])} eager, "
+              f"{_mfu(bare)} compiled")
     print()
+
+
+def _mfu(row: dict) -> str:
+    return f"{row['mfu'] * 100:5.1f}%" if row["mfu"] is not None else "   n/a"
 
 
 def _print_inference_table(inference: list[dict], compiled: bool) -> None:
@@ -215,9 +285,8 @@ def _print_inference_table(inference: list[dict], compiled: bool) -> None:
           f"{', compiled' if compiled else ''}):")
     print(f"{'model':<12} {'mode':<38} {'median ms':>10} {'p99 ms':>8} {'images/s':>9} {'MFU':>6}")
     for r in inference:
-        mfu = f"{r['mfu'] * 100:5.1f}%" if r.get("mfu") is not None else "   n/a"
         print(f"{r['model']:<12} {r['mode']:<38} {r['median_ms']:10.2f} {r['p99_ms']:8.2f} "
-              f"{r['images_per_s']:9.1f} {mfu:>6}")
+              f"{r['images_per_s']:9.1f} {_mfu(r) if 'mfu' in r else '   n/a':>6}")
     print()
 
 

@@ -132,19 +132,25 @@ class Attention(nn.Module):
         if not folded:
             return W, W_out
         base_trains = W.requires_grad or W_out.requires_grad
+        if torch.compiler.is_compiling():  # a compiled step folds in-graph: no Python cache
+            return self._fold(W, W_out, folded)
         tensors = [W, W_out] + [t for a in folded for t in a.parameters()]
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         cache = self.__dict__.get("_folded_cache")
         if not base_trains and cache is not None and cache[0] == key:
             return cache[1], cache[2]
         with torch.set_grad_enabled(base_trains and torch.is_grad_enabled()):
-            W_in = W + torch.cat([sum(a.q.delta_weight().detach() for a in folded),
-                                  sum(a.k.delta_weight().detach() for a in folded),
-                                  sum(a.v.delta_weight().detach() for a in folded)])
-            W_o = W_out + sum(a.out.delta_weight().detach() for a in folded)
+            W_in, W_o = self._fold(W, W_out, folded)
         if not base_trains:  # a plain attribute: never in the state dict
             self.__dict__["_folded_cache"] = (key, W_in, W_o)
         return W_in, W_o
+
+    @staticmethod
+    def _fold(W: Tensor, W_out: Tensor, folded: list[AttentionLoRA]) -> tuple[Tensor, Tensor]:
+        W_in = W + torch.cat([sum(a.q.delta_weight().detach() for a in folded),
+                              sum(a.k.delta_weight().detach() for a in folded),
+                              sum(a.v.delta_weight().detach() for a in folded)])
+        return W_in, W_out + sum(a.out.delta_weight().detach() for a in folded)
 
 
 def _additive_mask(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
