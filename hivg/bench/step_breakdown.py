@@ -30,10 +30,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from hivg.bench.timing import random_batch, sync_for, timed
+from hivg.bench.timing import sync_for, timed
 from hivg.config import Config, load_preset
 from hivg.train.loop import autocast_context
-from hivg.train.profile import apply_profile, resolve_profile
 
 PARTS = ("adapters", "attention", "bridge", "vision tower", "text tower",
          "heads and VL encoder", "loss", "optimizer", "input copy", "backward, unattributed", "other")
@@ -156,38 +155,20 @@ def attribute(events, device_type: str) -> tuple[dict[str, float], dict[str, Any
 def build_step(config: Config, stage_index: int, batch: int, device) -> tuple[nn.Module, Callable]:
     """The model at `stage_index` and one training step on a fixed random batch (the same
     step as `--training-step`'s row, its parts inside hivg/ scopes)."""
-    from hivg.losses import build_criterion
-    from hivg.model.build import build_model
-    from hivg.model.lora import apply_stage
-    from hivg.train.optim import build_optimizer
+    from hivg.bench.training_step import hivg_setup, optimizer_step
 
-    prof = resolve_profile(config, device.type)
-    torch.manual_seed(0)
-    model = build_model(apply_profile(config, device.type))
-    apply_stage(model, config.hilora, stage_index)
-    model.to(device).train()
-    criterion = build_criterion(config.loss).to(device)
-    optimizer = build_optimizer(model, 1e-4, config.optim.weight_decay, fused=prof.fused_adamw)
-    g = torch.Generator().manual_seed(0)
-    host = random_batch(config, batch, g)
-    host["box"] = torch.rand(batch, 4, generator=g) * 0.4 + 0.3
-    if prof.pin_memory:
-        host = {k: v.pin_memory() for k, v in host.items()}
-    scope = torch.profiler.record_function
+    model, criterion, optimizer, host, prof = hivg_setup(config, stage_index, batch, device)
 
-    def step():
-        with scope(PREFIX + "input copy"):
-            b = {k: v.to(device, non_blocking=prof.pin_memory) for k, v in host.items()}
+    def scope(part: str):
+        return torch.profiler.record_function(PREFIX + part)
+
+    def forward_loss(b):
         with autocast_context(device, prof.torch_amp_dtype):
             out = model(b["image"], b["pad_mask"], b["tokens"])
-            with scope(PREFIX + "loss"):
-                loss = criterion(out, b)["loss"]
-        with scope(PREFIX + "optimizer"):
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        with scope(PREFIX + "optimizer"):
-            optimizer.step()
-    return model, step
+            with scope("loss"):
+                return criterion(out, b)["loss"]
+
+    return model, optimizer_step(forward_loss, host, optimizer, device, prof.pin_memory, scope)
 
 
 def step_breakdown(config: Config, stage_index: int, batch: int, steps: int, warmup: int,

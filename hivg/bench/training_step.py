@@ -9,6 +9,7 @@ only, MFU against a bf16 matmul peak measured in the same run. A table last, JSO
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -68,52 +69,63 @@ def _row(step, batch: int, steps: int, warmup: int, device, peak_tflops: float |
             "tflops": tflops, "mfu": tflops / peak_tflops if peak_tflops else None}
 
 
-def training_step_row(config: Config, stage_index: int, profile_name: str, batch: int,
-                      steps: int, warmup: int, device, peak_tflops: float | None,
-                      compile_backend: str | None = None) -> dict[str, Any]:
-    """One HiVG training step at `stage_index` under `profile_name`; with `compile_backend`
-    (inductor, or aot_eager for a quick check) the forward and loss are compiled."""
+def hivg_setup(config: Config, stage_index: int, batch: int, device):
+    """HiVG at `stage_index` on `device` (training mode), its criterion and AdamW, a fixed random
+    batch in host memory (pinned under the profile's pin_memory), and the resolved profile."""
     from hivg.losses import build_criterion
     from hivg.model.build import build_model
     from hivg.model.lora import apply_stage
     from hivg.train.optim import build_optimizer
 
-    cfg = config.replace({"profile": profile_name})
-    prof = resolve_profile(cfg, device.type)
+    prof = resolve_profile(config, device.type)
     torch.manual_seed(0)
-    model = build_model(apply_profile(cfg, device.type))
-    apply_stage(model, cfg.hilora, stage_index)
+    model = build_model(apply_profile(config, device.type))
+    apply_stage(model, config.hilora, stage_index)
     model.to(device).train()
-    criterion = build_criterion(cfg.loss).to(device)
-    optimizer = build_optimizer(model, 1e-4, cfg.optim.weight_decay, fused=prof.fused_adamw)
+    criterion = build_criterion(config.loss).to(device)
+    optimizer = build_optimizer(model, 1e-4, config.optim.weight_decay, fused=prof.fused_adamw)
     g = torch.Generator().manual_seed(0)
-    host = random_batch(cfg, batch, g)
+    host = random_batch(config, batch, g)
     host["box"] = torch.rand(batch, 4, generator=g) * 0.4 + 0.3
     if prof.pin_memory:
         host = {k: v.pin_memory() for k, v in host.items()}
+    return model, criterion, optimizer, host, prof
+
+
+def optimizer_step(forward, host: dict, optimizer, device, pin_memory: bool,
+                   scope=lambda part: contextlib.nullcontext()):
+    """One training step as a function: `host` to the device, loss = forward(batch), backward,
+    AdamW. `scope(part)` wraps the input copy and the optimizer (the profiler's labels)."""
+    def step():
+        with scope("input copy"):
+            b = {k: v.to(device, non_blocking=pin_memory) for k, v in host.items()}
+        loss = forward(b)
+        with scope("optimizer"):
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with scope("optimizer"):
+            optimizer.step()
+    return step
+
+
+def training_step_row(config: Config, stage_index: int, profile_name: str, batch: int,
+                      steps: int, warmup: int, device, peak_tflops: float | None,
+                      compile_backend: str | None = None) -> dict[str, Any]:
+    """One HiVG training step at `stage_index` under `profile_name`; with `compile_backend`
+    (inductor, or aot_eager for a quick check) the forward and loss are compiled."""
+    cfg = config.replace({"profile": profile_name})
+    model, criterion, optimizer, host, prof = hivg_setup(cfg, stage_index, batch, device)
 
     def forward_loss(b):
         with autocast_context(device, prof.torch_amp_dtype):
             out = model(b["image"], b["pad_mask"], b["tokens"])
             return criterion(out, b)["loss"]
 
-    def step_with(forward):
-        def step():
-            b = {k: v.to(device, non_blocking=prof.pin_memory) for k, v in host.items()}
-            loss = forward(b)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return step
-
-    eager = step_with(forward_loss)
-    step = step_with(compiled_forward(forward_loss, device, compile_backend)
-                     ) if compile_backend else eager
     stage = cfg.hilora.stages[stage_index]
     return {"profile": profile_name + ("+compiled" if compile_backend else ""),
             "stage": stage.name, "stage_index": stage_index,
-            **_row(step, batch, steps, warmup, device, peak_tflops,
-                   flops_of=eager if compile_backend else None),
+            **_compiled_or_eager_row(forward_loss, host, optimizer, prof, compile_backend,
+                                     batch, steps, warmup, device, peak_tflops),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "settings": _settings(prof, prof.find_unused, _compiled(device, compile_backend))}
 
@@ -137,32 +149,31 @@ def backbone_step_row(config: Config, profile_name: str, batch: int, steps: int,
     scale = torch.nn.Parameter(torch.ones((), device=device))
     optimizer = torch.optim.AdamW([scale], lr=1e-4, fused=prof.fused_adamw or None)
     host = random_batch(cfg, batch, torch.Generator().manual_seed(0))
+    host = {k: host[k] for k in ("image", "tokens")}
 
-    def forward_loss(image, tokens):
+    def forward_loss(b):
         with autocast_context(device, prof.torch_amp_dtype):
-            img = F.normalize(bb.encode_image(clip, image * scale).float(), dim=-1)
-            txt = F.normalize(bb.encode_text(clip, tokens).float(), dim=-1)
+            img = F.normalize(bb.encode_image(clip, b["image"] * scale).float(), dim=-1)
+            txt = F.normalize(bb.encode_text(clip, b["tokens"]).float(), dim=-1)
             logits = img @ txt.t() * 100
             labels = torch.arange(batch, device=device)
             return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
-    def step_with(forward):
-        def step():
-            loss = forward(host["image"].to(device, non_blocking=prof.pin_memory),
-                           host["tokens"].to(device, non_blocking=prof.pin_memory))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return step
-
-    eager = step_with(forward_loss)
-    step = step_with(compiled_forward(forward_loss, device, compile_backend)
-                     ) if compile_backend else eager
     return {"profile": profile_name + ("+compiled" if compile_backend else ""),
             "stage": "bare backbone (frozen)",
-            **_row(step, batch, steps, warmup, device, peak_tflops,
-                   flops_of=eager if compile_backend else None),
+            **_compiled_or_eager_row(forward_loss, host, optimizer, prof, compile_backend,
+                                     batch, steps, warmup, device, peak_tflops),
             "settings": _settings(prof, False, _compiled(device, compile_backend))}
+
+
+def _compiled_or_eager_row(forward_loss, host, optimizer, prof, compile_backend, batch, steps,
+                           warmup, device, peak_tflops) -> dict[str, Any]:
+    eager = optimizer_step(forward_loss, host, optimizer, device, prof.pin_memory)
+    if not compile_backend:
+        return _row(eager, batch, steps, warmup, device, peak_tflops)
+    step = optimizer_step(compiled_forward(forward_loss, device, compile_backend), host,
+                          optimizer, device, prof.pin_memory)
+    return _row(step, batch, steps, warmup, device, peak_tflops, flops_of=eager)
 
 
 def _compiled(device, backend: str | None) -> str | None:
