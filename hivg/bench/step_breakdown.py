@@ -41,13 +41,6 @@ LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cu
                 "cudaGraphLaunch")
 
 
-def _labelled(fn: Callable, part: str) -> Callable:
-    def run(*args, **kwargs):
-        with torch.profiler.record_function(PREFIX + part):
-            return fn(*args, **kwargs)
-    return run
-
-
 @contextmanager
 def labelled_model(model: nn.Module) -> Iterator[None]:
     """Open a profiler scope per part around the model's pieces: instance attributes that
@@ -59,16 +52,16 @@ def labelled_model(model: nn.Module) -> Iterator[None]:
 
     patched: list[tuple[Any, str, Any]] = []
 
-    def label(owner: Any, name: str, part: str | Callable[..., str]) -> None:
+    def label(owner: Any, name: str, part: str | Callable[[Any], str]) -> None:
+        """`part` is a name, or a function of the call's first argument (a tower block)."""
         fn = getattr(owner, name)
+        part_of = part if callable(part) else (lambda _: part)
         patched.append((owner, name, owner.__dict__.get(name)))
-        if callable(part):  # the part depends on the call's first argument (a tower block)
-            def run(*args, **kwargs):
-                with torch.profiler.record_function(PREFIX + part(args[0])):
-                    return fn(*args, **kwargs)
-            setattr(owner, name, run)
-        else:
-            setattr(owner, name, _labelled(fn, part))
+
+        def run(*args, **kwargs):
+            with torch.profiler.record_function(PREFIX + part_of(args[0] if args else None)):
+                return fn(*args, **kwargs)
+        setattr(owner, name, run)
 
     tower = {id(b): "vision tower" for b in bb.vision_blocks(model.clip)}
     tower.update({id(b): "text tower" for b in bb.text_blocks(model.clip)})

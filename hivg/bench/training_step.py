@@ -59,9 +59,8 @@ def _row(step, batch: int, steps: int, warmup: int, device, peak_tflops: float |
     is compiled: the flop counter sees no ops inside a compiled graph)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    flops = count_flops(flops_of) if flops_of else None
     times = timed(step, steps, warmup, sync_for(device))
-    flops = flops if flops_of else count_flops(step)
+    flops = count_flops(flops_of or step)
     step_s = statistics.median(times)
     tflops = flops / step_s / 1e12
     return {"batch": batch, "images_per_s": batch / step_s, "step_ms": step_s * 1e3,
